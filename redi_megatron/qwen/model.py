@@ -1,0 +1,174 @@
+"""Megatron-Core GPTModel for the Qwen2 family, whose last stage returns final hidden states."""
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from redi_megatron.config import ModelConfig, ParallelConfig
+from redi_megatron.qwen.architecture import QwenArchitecture
+from redi_megatron.runtime import Accelerators
+
+
+class QwenRMSNorm(torch.nn.RMSNorm):
+    """torch RMSNorm that marks its weight for TP all-reduce under sequence parallelism.
+
+    Megatron's WrappedTorchNorm refuses sequence_parallel; with SP each TP rank sees a different
+    slice of the sequence, so the norm weight's gradient must be summed over TP ranks, which
+    finalize_model_grads does for parameters carrying ``sequence_parallel=True``.
+    """
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-6, **unused):
+        super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
+        setattr(self.weight, "sequence_parallel", config.sequence_parallel)
+
+
+class QwenGPTModel(GPTModel):
+    """GPTModel whose post-process stage returns [s, b, h] hidden states after the final norm.
+
+    The vocabulary projection belongs to the loss head (redi_megatron.loss_head), which can
+    then fuse it with the cross-entropy and never hold full-vocabulary logits.
+    """
+
+    def _postprocess(self, hidden_states, **unused):
+        return hidden_states
+
+    def output_weight(self) -> torch.Tensor:
+        """Returns this TP rank's [vocab/tp, hidden] shard of the output projection."""
+        if self.share_embeddings_and_output_weights:
+            return self.shared_embedding_or_output_weight()
+        return self.output_layer.weight
+
+
+def resolve_precision(precision: str, accelerators: Accelerators) -> torch.dtype:
+    """Returns the parameter dtype: bf16 on GPU and fp32 on CPU for 'auto'."""
+    if precision == "auto":
+        return torch.bfloat16 if accelerators.cuda else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def transformer_config(
+    arch: QwenArchitecture,
+    parallel: ParallelConfig,
+    model: ModelConfig,
+    accelerators: Accelerators,
+    precision: str = "auto",
+    fp8: Optional[str] = None,
+) -> TransformerConfig:
+    """Returns Megatron's TransformerConfig for this architecture, layout and hardware."""
+    dtype = resolve_precision(precision, accelerators)
+    use_te = accelerators.transformer_engine
+    if fp8 and not use_te:
+        raise ValueError("train.fp8 needs Transformer Engine on a GPU; set train.fp8=null")
+    fused = accelerators.cuda
+    return TransformerConfig(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        num_attention_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_key_value_heads,
+        ffn_hidden_size=arch.intermediate_size,
+        kv_channels=arch.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.rms_norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=True,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=arch.init_method_std,
+        tensor_model_parallel_size=parallel.tensor,
+        pipeline_model_parallel_size=parallel.pipeline,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline,
+        sequence_parallel=parallel.sequence_parallel,
+        context_parallel_size=parallel.context,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        calculate_per_token_loss=True,
+        # Batched p2p posts send_prev before send_next; with PP=2 both peers are the same rank, so
+        # under virtual stages a forward activation can match a backward-grad receive. The
+        # unbatched path orders by rank parity and uses a second group for 2-rank pipelines.
+        batch_p2p_comm=False,
+        use_cpu_initialization=not accelerators.cuda,
+        transformer_impl="transformer_engine" if use_te else "local",
+        fp8=fp8,
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=fused,
+        bias_dropout_fusion=fused,
+        masked_softmax_fusion=fused,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        recompute_granularity=model.recompute,
+        recompute_method="uniform" if model.recompute == "full" else None,
+        recompute_num_layers=1 if model.recompute == "full" else None,
+    )
+
+
+def layer_spec(config: TransformerConfig, accelerators: Accelerators):
+    """Returns the decoder block spec: Transformer Engine's when usable, else Megatron's local one."""
+    if accelerators.transformer_engine:
+        layer = get_gpt_layer_with_transformer_engine_spec(normalization="RMSNorm")
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        final_norm = TENorm
+    else:
+        layer = get_gpt_layer_local_spec(normalization="RMSNorm")
+        layer.submodules.input_layernorm = QwenRMSNorm
+        layer.submodules.pre_mlp_layernorm = QwenRMSNorm
+        final_norm = QwenRMSNorm
+    return TransformerBlockSubmodules(layer_specs=[layer] * _layers_per_chunk(config),
+                                      layer_norm=final_norm)
+
+
+def _layers_per_chunk(config: TransformerConfig) -> int:
+    chunks = config.pipeline_model_parallel_size * (config.virtual_pipeline_model_parallel_size or 1)
+    return config.num_layers // chunks
+
+
+def build_model_chunk(
+    arch: QwenArchitecture,
+    config: TransformerConfig,
+    accelerators: Accelerators,
+    padded_vocab_size: int,
+    vp_stage: Optional[int] = None,
+) -> QwenGPTModel:
+    """Returns this rank's QwenGPTModel for pipeline chunk ``vp_stage`` (None without virtual stages)."""
+    pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+    post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    model = QwenGPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(config, accelerators),
+        vocab_size=padded_vocab_size,
+        max_sequence_length=arch.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=arch.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(arch.rope_theta),
+        parallel_output=True,
+        vp_stage=vp_stage,
+    )
+    if accelerators.cuda:
+        model.cuda(torch.cuda.current_device())
+    return model
+
+
+def build_model_chunks(
+    arch: QwenArchitecture,
+    config: TransformerConfig,
+    accelerators: Accelerators,
+    padded_vocab_size: int,
+) -> List[QwenGPTModel]:
+    """Returns this rank's model chunks: one, or one per virtual pipeline stage."""
+    virtual = config.virtual_pipeline_model_parallel_size
+    stages = range(virtual) if virtual else [None]
+    return [build_model_chunk(arch, config, accelerators, padded_vocab_size, vp) for vp in stages]

@@ -1,0 +1,139 @@
+"""Process start-up: torch.distributed, Megatron parallel state, and optional GPU libraries."""
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from redi_megatron.config import ConfigError, ParallelConfig
+from redi_megatron.cpu_shims import apply_cpu_shims
+from redi_megatron.qwen.architecture import QwenArchitecture
+
+
+@dataclass(frozen=True)
+class Accelerators:
+    """What this process can use: CUDA, Transformer Engine, apex."""
+
+    cuda: bool
+    transformer_engine: bool
+    apex: bool
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.cuda else "gloo"
+
+
+def _importable(module: str) -> bool:
+    # A TE wheel without a GPU raises OSError/RuntimeError at import, not only ImportError.
+    try:
+        __import__(module)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+
+
+def detect_accelerators() -> Accelerators:
+    """Returns which of CUDA, Transformer Engine and apex this process can use."""
+    cuda = torch.cuda.is_available()
+    return Accelerators(
+        cuda=cuda,
+        transformer_engine=cuda and _importable("transformer_engine.pytorch"),
+        apex=cuda and _importable("apex.normalization"),
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch_env():
+    """Returns (rank, world_size, local_rank) from torchrun or Slurm variables (1 process if none)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                int(os.environ.get("LOCAL_RANK", 0)))
+    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ and "MASTER_ADDR" in os.environ:
+        return (int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]),
+                int(os.environ.get("SLURM_LOCALID", 0)))
+    return 0, 1, 0
+
+
+def init_distributed(accelerators: Accelerators, timeout_minutes: int = 30) -> None:
+    """Initialises the default process group (NCCL on GPU, gloo on CPU) once per process."""
+    if torch.distributed.is_initialized():
+        return
+    rank, world_size, local_rank = _launch_env()
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        if world_size > 1:
+            raise ConfigError("MASTER_PORT is not set for a multi-process launch")
+        os.environ["MASTER_PORT"] = str(_free_port())
+    if accelerators.cuda:
+        torch.cuda.set_device(local_rank)
+    torch.distributed.init_process_group(
+        backend=accelerators.backend,
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+    )
+
+
+def validate_layout(arch: QwenArchitecture, parallel: ParallelConfig, world_size: int) -> None:
+    """Raises ConfigError naming the numbers when the parallel layout cannot hold the model."""
+    tp, pp, cp = parallel.tensor, parallel.pipeline, parallel.context
+    model_parallel = tp * pp * cp
+    if world_size % model_parallel:
+        raise ConfigError(
+            f"world size {world_size} is not divisible by parallel.tensor x parallel.pipeline x "
+            f"parallel.context = {tp} x {pp} x {cp} = {model_parallel}"
+        )
+    if arch.num_attention_heads % tp:
+        raise ConfigError(
+            f"parallel.tensor={tp} must divide the number of attention heads "
+            f"({arch.num_attention_heads})"
+        )
+    if arch.num_key_value_heads % tp:
+        raise ConfigError(
+            f"parallel.tensor={tp} must divide the number of key/value heads "
+            f"({arch.num_key_value_heads})"
+        )
+    if arch.intermediate_size % tp:
+        raise ConfigError(
+            f"parallel.tensor={tp} must divide intermediate_size ({arch.intermediate_size})"
+        )
+    stages = pp * (parallel.virtual_pipeline or 1)
+    if arch.num_layers % stages:
+        raise ConfigError(
+            f"num_layers={arch.num_layers} is not divisible by parallel.pipeline x "
+            f"parallel.virtual_pipeline = {stages}"
+        )
+
+
+def init_parallel_state(parallel: ParallelConfig, seed: int) -> None:
+    """Builds Megatron's tensor/pipeline/context/data-parallel groups and seeds its RNG tracker."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    apply_cpu_shims()
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tensor,
+        pipeline_model_parallel_size=parallel.pipeline,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline,
+        context_parallel_size=parallel.context,
+    )
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def start(parallel: ParallelConfig, arch: QwenArchitecture, seed: int,
+          accelerators: Optional[Accelerators] = None) -> Accelerators:
+    """Returns the accelerators after initialising torch.distributed and Megatron's parallel state."""
+    accelerators = accelerators or detect_accelerators()
+    init_distributed(accelerators)
+    validate_layout(arch, parallel, torch.distributed.get_world_size())
+    init_parallel_state(parallel, seed)
+    return accelerators

@@ -1,0 +1,91 @@
+"""One optimizer step through Megatron's pipeline schedules, with globally reduced statistics."""
+
+import math
+from functools import partial
+from typing import Dict, List
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from redi_megatron.loss_head import token_logprobs
+from redi_megatron.objectives import STAT_NAMES, compute_objective, summarize_stats
+
+
+def _unwrap(module):
+    while hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+def _to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def _loss_function(engine, model, batch, output_tensor):
+    logp = token_logprobs(_unwrap(model), output_tensor, batch["labels"], engine.config.loss)
+    out = compute_objective(logp, batch["loss_mask"], engine.config.loss, batch.get("ref_logps"))
+    return out.numerator, out.denominator, {"stats": out.stats}
+
+
+def _forward_step(engine, data_iterator, model):
+    batch = _to_device(next(data_iterator), engine.device)
+    hidden = model(batch["tokens"], batch["position_ids"], None)
+    return hidden, partial(_loss_function, engine, model, batch)
+
+
+def _global_stats(forward_data_store: List[dict], device: torch.device) -> torch.Tensor:
+    """Returns the statistics summed over micro-batches and data-parallel ranks, on every rank."""
+    stats = torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=device)
+    for item in forward_data_store:
+        stats += item["stats"].to(device)
+    # Only the last pipeline stage holds statistics: the PP sum shares them with earlier stages.
+    torch.distributed.all_reduce(
+        stats, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    torch.distributed.all_reduce(stats, group=parallel_state.get_pipeline_model_parallel_group())
+    return stats
+
+
+def forward_backward(engine, micro_batches: List[Dict[str, torch.Tensor]],
+                     forward_only: bool = False) -> dict:
+    """Returns the global metrics of one forward and backward pass; gradients are left in the buffers.
+
+    ``micro_batches`` is this rank's share of the global batch. Gradients are already reduced over
+    data-parallel ranks and divided by the global loss denominator when this returns.
+    """
+    for chunk in engine.chunks:
+        chunk.zero_grad_buffer()
+    engine.optimizer.zero_grad()
+    tokens = micro_batches[0]["tokens"]
+    chunks = engine.chunks
+    iterators = [iter(micro_batches) for _ in chunks] if len(chunks) > 1 else iter(micro_batches)
+    forward_data_store = get_forward_backward_func()(
+        forward_step_func=partial(_forward_step, engine),
+        data_iterator=iterators,
+        model=chunks,
+        num_microbatches=len(micro_batches),
+        seq_length=tokens.shape[1],
+        micro_batch_size=tokens.shape[0],
+        forward_only=forward_only,
+    )
+    metrics = summarize_stats(_global_stats(forward_data_store, engine.device))
+    metrics["lr"] = engine.optimizer.param_groups[0]["lr"]
+    return metrics
+
+
+def optimizer_update(engine, metrics: dict) -> dict:
+    """Returns ``metrics`` with grad_norm and skipped, after the optimizer and LR schedule step.
+
+    A step whose loss is NaN/inf does not update the weights and is reported as skipped.
+    """
+    if not math.isfinite(metrics["loss"]):
+        return dict(metrics, skipped=True, grad_norm=float("nan"))
+    updated, grad_norm, _ = engine.optimizer.step()
+    engine.scheduler.step(increment=1)
+    return dict(metrics, skipped=not updated,
+                grad_norm=float(grad_norm) if grad_norm is not None else 0.0)
+
+
+def train_step(engine, micro_batches: List[Dict[str, torch.Tensor]]) -> dict:
+    """Returns the metrics of one full training step (forward, backward, update)."""
+    return optimizer_update(engine, forward_backward(engine, micro_batches))

@@ -1,0 +1,9 @@
+import os
+import sys
+
+# Tests import the package from the checkout and the distributed helpers by module name.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests", "distributed"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PYTHONPATH", ROOT)
