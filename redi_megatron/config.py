@@ -89,7 +89,14 @@ class TrainConfig:
     fp8: Optional[str] = None
     seed: int = 1234
     log_interval: int = 1
-    tensorboard_dir: str = ""
+    # TensorBoard events and metrics.jsonl (one JSON dict per step) go here when set.
+    log_dir: str = ""
+    # Warn when chosen and rejected log-probs both fall by more than collapse_drop (nats per
+    # token) within collapse_window steps: the paper's collapse signature.
+    collapse_window: int = 20
+    collapse_drop: float = 0.5
+    # Stop with an error after this many consecutive steps skipped for a non-finite loss.
+    max_skipped_steps: int = 5
 
 
 @dataclass

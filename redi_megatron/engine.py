@@ -1,7 +1,7 @@
 """The trainable engine of a run: model chunks in Megatron DDP, optimizer and LR schedule."""
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 from megatron.core.distributed import (
@@ -91,10 +91,16 @@ def build_optimizer(config: RunConfig, chunks, tconfig: TransformerConfig, total
     return optimizer, scheduler
 
 
-def build_engine(config: RunConfig, total_steps: int) -> Engine:
-    """Returns the engine after starting the runtime (process groups, parallel state) for ``config``."""
+def start_runtime(config: RunConfig) -> Tuple[QwenArchitecture, Accelerators]:
+    """Returns (architecture, accelerators) after starting process groups and parallel state."""
     arch = architecture_from_model_config(config.model)
-    accelerators = runtime.start(config.parallel, arch, config.train.seed)
+    return arch, runtime.start(config.parallel, arch, config.train.seed)
+
+
+def build_engine(config: RunConfig, total_steps: int,
+                 started: Optional[Tuple[QwenArchitecture, Accelerators]] = None) -> Engine:
+    """Returns the engine for ``config``, starting the runtime unless ``started`` is given."""
+    arch, accelerators = started or start_runtime(config)
     tconfig = transformer_config(arch, config.parallel, config.model, accelerators,
                                  config.train.precision, config.train.fp8)
     padded_vocab = arch.padded_vocab_size(config.model.make_vocab_size_divisible_by,

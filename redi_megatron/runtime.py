@@ -85,12 +85,6 @@ def init_distributed(accelerators: Accelerators, timeout_minutes: int = 30) -> N
 def validate_layout(arch: QwenArchitecture, parallel: ParallelConfig, world_size: int) -> None:
     """Raises ConfigError naming the numbers when the parallel layout cannot hold the model."""
     tp, pp, cp = parallel.tensor, parallel.pipeline, parallel.context
-    model_parallel = tp * pp * cp
-    if world_size % model_parallel:
-        raise ConfigError(
-            f"world size {world_size} is not divisible by parallel.tensor x parallel.pipeline x "
-            f"parallel.context = {tp} x {pp} x {cp} = {model_parallel}"
-        )
     if arch.num_attention_heads % tp:
         raise ConfigError(
             f"parallel.tensor={tp} must divide the number of attention heads "
@@ -110,6 +104,12 @@ def validate_layout(arch: QwenArchitecture, parallel: ParallelConfig, world_size
         raise ConfigError(
             f"num_layers={arch.num_layers} is not divisible by parallel.pipeline x "
             f"parallel.virtual_pipeline = {stages}"
+        )
+    model_parallel = tp * pp * cp
+    if world_size % model_parallel:
+        raise ConfigError(
+            f"world size {world_size} is not divisible by parallel.tensor x parallel.pipeline x "
+            f"parallel.context = {tp} x {pp} x {cp} = {model_parallel}"
         )
 
 

@@ -99,6 +99,40 @@ def _layouts(rank, world_size, workdir):
                 assert_gradients_close(gradients, reference["gradients"], GRAD_RTOL, label)
             if rank == 0:
                 print(f"{label}: losses {losses} match", flush=True)
+            if objective == "sft" and layout == "tp2":
+                _save_trained_tp2(engine, workdir, dp_rank, dp_size)
+    _reload_tp2_checkpoint(workdir)
+
+
+def _eval_loss(engine, dp_rank, dp_size):
+    from redi_megatron.training_step import forward_backward
+
+    return forward_backward(engine, _batches("sft", 7, dp_rank, dp_size), forward_only=True)["loss"]
+
+
+def _save_trained_tp2(engine, workdir, dp_rank, dp_size):
+    from redi_megatron.checkpointing import save_checkpoint
+
+    save_checkpoint(os.path.join(workdir, "trained_tp2"), STEPS, engine.chunks, engine.optimizer,
+                    engine.scheduler)
+    torch.save(_eval_loss(engine, dp_rank, dp_size), os.path.join(workdir, "trained_tp2_loss.pt"))
+
+
+def _reload_tp2_checkpoint(workdir):
+    """A checkpoint saved at TP=2 loads at TP=1 (DP=2) and at PP=2 with the same loss."""
+    from megatron.core import parallel_state
+
+    from redi_megatron.checkpointing import load_checkpoint
+    from redi_megatron.engine import build_engine
+
+    expected = torch.load(os.path.join(workdir, "trained_tp2_loss.pt"))
+    for layout in ("dp2", "pp2"):
+        engine = build_engine(_config("sft", LAYOUTS[layout]), total_steps=10)
+        load_checkpoint(os.path.join(workdir, "trained_tp2"), engine.chunks, engine.optimizer,
+                        weights_only=True)
+        loss = _eval_loss(engine, parallel_state.get_data_parallel_rank(),
+                          parallel_state.get_data_parallel_world_size())
+        assert loss == pytest.approx(expected, rel=1e-6), f"TP=2 checkpoint reloaded at {layout}"
 
 
 @pytest.mark.timeout(600)

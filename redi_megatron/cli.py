@@ -1,0 +1,50 @@
+"""The `redi-megatron` command: `train` a run from a YAML config, or run the built-in `demo`."""
+
+import argparse
+import sys
+
+from redi_megatron.config import ConfigError
+
+
+def _train(args) -> int:
+    from redi_megatron.checkpointing import CheckpointError
+    from redi_megatron.config import load_config
+
+    try:
+        config = load_config(args.config, args.overrides)
+        from redi_megatron.training import train
+
+        train(config)
+    except (ConfigError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _demo(args) -> int:
+    from redi_megatron.demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Returns the process exit code of a `redi-megatron` invocation."""
+    parser = argparse.ArgumentParser(prog="redi-megatron", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train (SFT or REDI and its baselines) from a config")
+    train.add_argument("--config", help="YAML file with model/parallel/data/optim/loss/train/"
+                                        "checkpoint sections (defaults when omitted)")
+    train.add_argument("overrides", nargs="*", metavar="section.key=value",
+                       help="dotted overrides, e.g. optim.lr=1e-6 loss.objective=redi")
+    train.set_defaults(run=_train)
+    demo = commands.add_parser("demo", help="the whole method end to end on a tiny CPU task")
+    demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    demo.add_argument("--quick", action="store_true", help="a much smaller run (for tests)")
+    demo.set_defaults(run=_demo)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

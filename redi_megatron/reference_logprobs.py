@@ -1,0 +1,93 @@
+"""Offline reference log-probs for DPO: one forward pass of a checkpoint over every pair."""
+
+import os
+from functools import partial
+
+import numpy as np
+import torch
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from tqdm import tqdm
+
+from redi_megatron.checkpointing import load_checkpoint
+from redi_megatron.config import ConfigError, RunConfig
+from redi_megatron.engine import build_engine, start_runtime
+from redi_megatron.loss_head import token_logprobs
+from redi_megatron.objectives import sequence_logprob_sums
+from redi_megatron.training_step import _to_device, _unwrap
+
+
+def _loss_function(engine, model, batch, output_tensor):
+    logp = token_logprobs(_unwrap(model), output_tensor, batch["labels"], engine.config.loss)
+    sums, _ = sequence_logprob_sums(logp, batch["loss_mask"])
+    zero = sums.sum() * 0.0
+    return zero, torch.tensor(1, dtype=torch.int, device=sums.device), {"sums": sums.detach()}
+
+
+def _forward_step(engine, data_iterator, model):
+    batch = _to_device(next(data_iterator), engine.device)
+    hidden = model(batch["tokens"], batch["position_ids"], None)
+    return hidden, partial(_loss_function, engine, model, batch)
+
+
+def _rank_sums(engine, micro_batch) -> torch.Tensor:
+    """Returns this DP rank's per-row completion log-prob sums, on every pipeline stage."""
+    chunks = engine.chunks
+    store = get_forward_backward_func()(
+        forward_step_func=partial(_forward_step, engine),
+        data_iterator=[iter([micro_batch]) for _ in chunks] if len(chunks) > 1 else iter([micro_batch]),
+        model=chunks, num_microbatches=1, seq_length=micro_batch["tokens"].shape[1],
+        micro_batch_size=micro_batch["tokens"].shape[0], forward_only=True,
+    )
+    rows = micro_batch["tokens"].shape[0]
+    sums = store[0]["sums"].double() if store else torch.zeros(rows, dtype=torch.float64,
+                                                                device=engine.device)
+    torch.distributed.all_reduce(sums, group=parallel_state.get_pipeline_model_parallel_group())
+    return sums
+
+
+def compute_reference_logprobs(config: RunConfig) -> str:
+    """Returns the path of <data.path>.ref_logps.npy written from checkpoint.load's weights.
+
+    Rows follow the shard's pair order; pairs too long for data.seq_length get NaN (the loader
+    never serves them).
+    """
+    from redi_megatron.data.micro_batches import MicroBatchLoader
+
+    if not config.checkpoint.load:
+        raise ConfigError("checkpoint.load must name the reference (SFT) checkpoint")
+    arch, accelerators = start_runtime(config)
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    per_rank = config.data.micro_batch_size
+    loader = MicroBatchLoader(config.data.path, seq_length=config.data.seq_length,
+                              micro_batch_size=per_rank, global_batch_size=per_rank * dp_size,
+                              dp_rank=dp_rank, dp_size=dp_size, seed=0)
+    if loader.kind != "pairs":
+        raise ConfigError(f"data.path={config.data.path} holds '{loader.kind}' shards, not pairs")
+    engine = build_engine(config, total_steps=1, started=(arch, accelerators))
+    load_checkpoint(config.checkpoint.load, engine.chunks, weights_only=True)
+    for chunk in engine.chunks:
+        chunk.eval()
+    dataset = loader.dataset
+    result = np.full((len(dataset.shards), 2), np.nan, dtype=np.float32)
+    step = per_rank * dp_size
+    is_writer = torch.distributed.get_rank() == 0
+    with torch.no_grad():
+        for start in tqdm(range(0, len(dataset), step), disable=not is_writer, desc="reference"):
+            samples = np.arange(start, start + step) % len(dataset)
+            mine = samples[dp_rank * per_rank:(dp_rank + 1) * per_rank]
+            sums = _rank_sums(engine, loader.micro_batch(mine))
+            gathered = [torch.empty_like(sums) for _ in range(dp_size)]
+            torch.distributed.all_gather(
+                gathered, sums, group=parallel_state.get_data_parallel_group())
+            pairs = torch.cat(gathered).view(-1, 2).cpu().numpy()
+            for sample, row in zip(samples[:len(dataset) - start], pairs):
+                result[dataset.indices[sample]] = row
+    path = f"{config.data.path}.ref_logps.npy"
+    if is_writer:
+        tmp = path + ".tmp.npy"
+        np.save(tmp, result)
+        os.replace(tmp, path)
+    torch.distributed.barrier()
+    return path
