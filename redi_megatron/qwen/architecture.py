@@ -88,6 +88,12 @@ def architecture_from_hf_config(hf: Dict[str, Any], source: str = "config.json")
         if key not in hf:
             raise ConfigError(f"{source}: missing key '{key}'")
     heads = hf["num_attention_heads"]
+    # transformers 5 nests RoPE settings under rope_parameters; 4.x keeps rope_theta at the top.
+    rope = hf.get("rope_parameters") or {}
+    rope_type = rope.get("rope_type", "default")
+    if rope_type != "default" or hf.get("rope_scaling"):
+        raise ConfigError(f"{source}: RoPE scaling ({rope_type}, rope_scaling="
+                          f"{hf.get('rope_scaling')}) is not supported")
     return QwenArchitecture(
         hidden_size=hf["hidden_size"],
         num_layers=hf["num_hidden_layers"],
@@ -96,7 +102,7 @@ def architecture_from_hf_config(hf: Dict[str, Any], source: str = "config.json")
         intermediate_size=hf["intermediate_size"],
         vocab_size=hf["vocab_size"],
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(hf.get("rope_theta", 10000.0)),
+        rope_theta=float(hf.get("rope_theta", rope.get("rope_theta", 10000.0))),
         max_position_embeddings=hf.get("max_position_embeddings", 32768),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         init_method_std=float(hf.get("initializer_range", 0.02)),
