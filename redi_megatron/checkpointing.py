@@ -98,6 +98,28 @@ def _restore_rng(state: Dict[str, Any]) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+def staging_dir(root: str, iteration: int) -> str:
+    """Returns an empty ``iter_N.tmp`` directory to save into (single writer; call on one rank)."""
+    staging = iteration_dir(root, iteration) + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    return staging
+
+
+def commit_checkpoint(root: str, iteration: int) -> str:
+    """Returns ``iter_N`` after renaming the complete staging dir and replacing the tracker file."""
+    final = iteration_dir(root, iteration)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(final + ".tmp", final)
+    tracker_tmp = os.path.join(root, TRACKER_FILE + ".tmp")
+    with open(tracker_tmp, "w", encoding="utf-8") as handle:
+        handle.write(str(iteration))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tracker_tmp, os.path.join(root, TRACKER_FILE))
+    return final
+
+
 def save_checkpoint(
     root: str,
     iteration: int,
@@ -107,13 +129,11 @@ def save_checkpoint(
     train_state: Optional[Dict[str, Any]] = None,
 ) -> str:
     """Returns the directory of the complete checkpoint written for ``iteration`` (all ranks call)."""
-    final = iteration_dir(root, iteration)
-    staging = final + ".tmp"
+    staging = iteration_dir(root, iteration) + ".tmp"
     rank = torch.distributed.get_rank()
     if rank == 0:
         os.makedirs(root, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        os.makedirs(staging)
+        staging_dir(root, iteration)
     torch.distributed.barrier()
 
     state = model_sharded_state_dict(chunks)
@@ -128,16 +148,9 @@ def save_checkpoint(
     torch.distributed.barrier()
 
     if rank == 0:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-        tracker_tmp = os.path.join(root, TRACKER_FILE + ".tmp")
-        with open(tracker_tmp, "w", encoding="utf-8") as handle:
-            handle.write(str(iteration))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tracker_tmp, os.path.join(root, TRACKER_FILE))
+        commit_checkpoint(root, iteration)
     torch.distributed.barrier()
-    return final
+    return iteration_dir(root, iteration)
 
 
 def load_checkpoint(

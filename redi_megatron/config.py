@@ -77,7 +77,7 @@ class LossConfig:
     gamma: float = 1.0
     # Fused chunked vocab-parallel cross-entropy (never materialises full logits) or the plain path.
     fused: bool = True
-    chunk_size: int = 1024
+    chunk_size: int = 512
 
 
 @dataclass

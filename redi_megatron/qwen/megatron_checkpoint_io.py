@@ -8,8 +8,6 @@ asking the skeleton for one layer at a time reads any checkpoint back at TP=1, w
 saved it.
 """
 
-import os
-import shutil
 from typing import Any, Dict, Iterable, List
 
 import torch
@@ -17,7 +15,7 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
 from redi_megatron import runtime
-from redi_megatron.checkpointing import TRACKER_FILE, iteration_dir
+from redi_megatron.checkpointing import commit_checkpoint, staging_dir
 from redi_megatron.config import ModelConfig, ParallelConfig
 from redi_megatron.qwen.architecture import QwenArchitecture
 from redi_megatron.qwen.model import build_model_chunks, transformer_config
@@ -58,18 +56,9 @@ def write_checkpoint(root: str, iteration: int, state: Dict[str, Any],
     The save goes to ``iter_N.tmp`` and is renamed only once complete, as
     redi_megatron.checkpointing does, so an interrupted conversion never looks like a checkpoint.
     """
-    final = iteration_dir(root, iteration)
-    staging = final + ".tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    staging = staging_dir(root, iteration)
     dist_checkpointing.save({MODEL_KEY: state, "train_state": train_state}, staging)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staging, final)
-    tracker_tmp = os.path.join(root, TRACKER_FILE + ".tmp")
-    with open(tracker_tmp, "w", encoding="utf-8") as handle:
-        handle.write(str(iteration))
-    os.replace(tracker_tmp, os.path.join(root, TRACKER_FILE))
-    return final
+    return commit_checkpoint(root, iteration)
 
 
 def checkpoint_vocab_and_dtype(directory: str):

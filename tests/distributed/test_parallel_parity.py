@@ -16,9 +16,11 @@ from harness import (TINY_MODEL, assert_gradients_close, full_gradients, run_spa
 SEQ_LENGTH = 32
 STEPS = 3
 OBJECTIVES = {
-    "sft": dict(kind="sft", rows=4, rows_per_micro_batch=1, extra=[]),
+    # SFT through the unfused loss head, REDI through the fused chunked one (chunk < tokens).
+    "sft": dict(kind="sft", rows=4, rows_per_micro_batch=1, extra=["loss.fused=false"]),
     "redi": dict(kind="pairs", rows=8, rows_per_micro_batch=2,
-                 extra=["loss.objective=redi", "loss.alpha=0.8"]),
+                 extra=["loss.objective=redi", "loss.alpha=0.8", "loss.fused=true",
+                        "loss.chunk_size=24"]),
 }
 LAYOUTS = {
     "tp2": ["parallel.tensor=2"],
@@ -38,7 +40,7 @@ def _config(objective, layout_overrides):
     spec = OBJECTIVES[objective]
     return load_config(None, TINY_MODEL + spec["extra"] + layout_overrides + [
         f"data.seq_length={SEQ_LENGTH}", "optim.lr=1e-3", "optim.warmup_fraction=0.0",
-        "train.precision=fp32", "loss.fused=false",
+        "train.precision=fp32",
     ])
 
 
