@@ -17,8 +17,7 @@ import torch
 from harness import run_spawned
 from safetensors.torch import load_file
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "unit"))
-from test_qwen_state_dict_mapping import tiny_qwen  # noqa: E402
+from test_qwen_state_dict_mapping import tiny_qwen
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
