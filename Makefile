@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/redi-megatron demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest tests
 
 clean:
 	rm -rf $(VENV) demo_out

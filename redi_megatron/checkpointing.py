@@ -9,6 +9,7 @@ A save writes ``iter_N.tmp`` and renames it to ``iter_N`` only when every rank h
 the tracker file is replaced atomically after that, so it never names a half-written checkpoint.
 """
 
+import json
 import os
 import random
 import shutil
@@ -206,6 +207,15 @@ def load_checkpoint(
     if "rng_state" in loaded:
         _restore_rng(loaded["rng_state"])
     return saved_train_state if not weights_only else {}
+
+
+def write_hf_source(target_root: str, hf_config: Dict[str, Any]) -> None:
+    """Writes hf_source/config.json (rank 0) unless present, so export works for runs from scratch."""
+    target = os.path.join(target_root, HF_SOURCE_DIR)
+    if torch.distributed.get_rank() == 0 and not os.path.isdir(target):
+        os.makedirs(target)
+        with open(os.path.join(target, "config.json"), "w", encoding="utf-8") as handle:
+            json.dump(hf_config, handle, indent=2)
 
 
 def copy_hf_source(source_root: str, target_root: str) -> None:

@@ -8,7 +8,7 @@ import torch
 from megatron.core import parallel_state
 
 from redi_megatron.checkpointing import (copy_hf_source, latest_iteration, load_checkpoint,
-                                         save_checkpoint)
+                                         save_checkpoint, write_hf_source)
 from redi_megatron.config import ConfigError, RunConfig, config_to_dict
 from redi_megatron.engine import build_engine, start_runtime
 from redi_megatron.objectives import PAIR_OBJECTIVES
@@ -80,6 +80,8 @@ def _resume(config: RunConfig, engine, loader) -> int:
         if ckpt.save:
             copy_hf_source(ckpt.load, ckpt.save)
     else:
+        if ckpt.save:
+            write_hf_source(ckpt.save, engine.arch.to_hf_config())
         return 0
     if not state:
         return 0
