@@ -2,7 +2,7 @@
 
 import datetime
 import os
-import socket
+import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
@@ -45,12 +45,6 @@ def detect_accelerators() -> Accelerators:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch_env():
     """Returns (rank, world_size, local_rank) from torchrun or Slurm variables (1 process if none)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
@@ -67,15 +61,19 @@ def init_distributed(accelerators: Accelerators, timeout_minutes: int = 30) -> N
     if torch.distributed.is_initialized():
         return
     rank, world_size, local_rank = _launch_env()
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        if world_size > 1:
-            raise ConfigError("MASTER_PORT is not set for a multi-process launch")
-        os.environ["MASTER_PORT"] = str(_free_port())
     if accelerators.cuda:
         torch.cuda.set_device(local_rank)
+    if world_size == 1 and "MASTER_PORT" not in os.environ:
+        # One process needs no rendezvous port: a file store cannot race another process for it.
+        init_method = f"file://{tempfile.mkdtemp(prefix='redi_megatron_')}/store"
+    else:
+        if "MASTER_PORT" not in os.environ:
+            raise ConfigError("MASTER_PORT is not set for a multi-process launch")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        init_method = "env://"
     torch.distributed.init_process_group(
         backend=accelerators.backend,
+        init_method=init_method,
         rank=rank,
         world_size=world_size,
         timeout=datetime.timedelta(minutes=timeout_minutes),
