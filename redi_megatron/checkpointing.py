@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.utils import unwrap_model
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 HF_SOURCE_DIR = "hf_source"
@@ -53,14 +54,8 @@ def latest_iteration(root: str) -> Optional[int]:
 def model_sharded_state_dict(chunks: List[torch.nn.Module]) -> Dict[str, Any]:
     """Returns the sharded state dict of the model chunks under 'model' or 'model0', 'model1', ..."""
     if len(chunks) == 1:
-        return {"model": _unwrap(chunks[0]).sharded_state_dict()}
-    return {f"model{i}": _unwrap(chunk).sharded_state_dict() for i, chunk in enumerate(chunks)}
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(module, "module"):
-        module = module.module
-    return module
+        return {"model": unwrap_model(chunks[0]).sharded_state_dict()}
+    return {f"model{i}": unwrap_model(chunk).sharded_state_dict() for i, chunk in enumerate(chunks)}
 
 
 def _layout() -> Dict[str, int]:
@@ -193,10 +188,10 @@ def load_checkpoint(
     loaded = dist_checkpointing.load(request, directory)
 
     if len(chunks) == 1:
-        _unwrap(chunks[0]).load_state_dict(loaded["model"], strict=True)
+        unwrap_model(chunks[0]).load_state_dict(loaded["model"], strict=True)
     else:
         for i, chunk in enumerate(chunks):
-            _unwrap(chunk).load_state_dict(loaded[f"model{i}"], strict=True)
+            unwrap_model(chunk).load_state_dict(loaded[f"model{i}"], strict=True)
     if load_optimizer:
         optimizer.load_state_dict(loaded["optimizer"])
     elif optimizer is not None:

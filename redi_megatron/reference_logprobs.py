@@ -1,12 +1,10 @@
 """Offline reference log-probs for DPO: one forward pass of a checkpoint over every pair."""
 
 import os
-from functools import partial
 
 import numpy as np
 import torch
 from megatron.core import parallel_state
-from megatron.core.pipeline_parallel import get_forward_backward_func
 from tqdm import tqdm
 
 from redi_megatron.checkpointing import load_checkpoint
@@ -14,31 +12,19 @@ from redi_megatron.config import ConfigError, RunConfig
 from redi_megatron.engine import build_engine, start_runtime
 from redi_megatron.loss_head import token_logprobs
 from redi_megatron.objectives import sequence_logprob_sums
-from redi_megatron.training_step import _to_device, _unwrap
+from redi_megatron.training_step import run_schedule
 
 
-def _loss_function(engine, model, batch, output_tensor):
-    logp = token_logprobs(_unwrap(model), output_tensor, batch["labels"], engine.config.loss)
+def _sequence_sums(engine, model, batch, output_tensor):
+    logp = token_logprobs(model, output_tensor, batch["labels"], engine.config.loss)
     sums, _ = sequence_logprob_sums(logp, batch["loss_mask"])
     zero = sums.sum() * 0.0
     return zero, torch.tensor(1, dtype=torch.int, device=sums.device), {"sums": sums.detach()}
 
 
-def _forward_step(engine, data_iterator, model):
-    batch = _to_device(next(data_iterator), engine.device)
-    hidden = model(batch["tokens"], batch["position_ids"], None)
-    return hidden, partial(_loss_function, engine, model, batch)
-
-
 def _rank_sums(engine, micro_batch) -> torch.Tensor:
     """Returns this DP rank's per-row completion log-prob sums, on every pipeline stage."""
-    chunks = engine.chunks
-    store = get_forward_backward_func()(
-        forward_step_func=partial(_forward_step, engine),
-        data_iterator=[iter([micro_batch]) for _ in chunks] if len(chunks) > 1 else iter([micro_batch]),
-        model=chunks, num_microbatches=1, seq_length=micro_batch["tokens"].shape[1],
-        micro_batch_size=micro_batch["tokens"].shape[0], forward_only=True,
-    )
+    store = run_schedule(engine, [micro_batch], _sequence_sums, forward_only=True)
     rows = micro_batch["tokens"].shape[0]
     sums = store[0]["sums"].double() if store else torch.zeros(rows, dtype=torch.float64,
                                                                 device=engine.device)

@@ -2,36 +2,55 @@
 
 import math
 from functools import partial
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import unwrap_model
 
 from redi_megatron.loss_head import token_logprobs
 from redi_megatron.objectives import STAT_NAMES, compute_objective, summarize_stats
 
 
-def _unwrap(module):
-    while hasattr(module, "module"):
-        module = module.module
-    return module
+LossFunction = Callable[..., Tuple[torch.Tensor, torch.Tensor, dict]]
 
 
 def _to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-def _loss_function(engine, model, batch, output_tensor):
-    logp = token_logprobs(_unwrap(model), output_tensor, batch["labels"], engine.config.loss)
+def _objective_loss(engine, model, batch, output_tensor):
+    logp = token_logprobs(model, output_tensor, batch["labels"], engine.config.loss)
     out = compute_objective(logp, batch["loss_mask"], engine.config.loss, batch.get("ref_logps"))
     return out.numerator, out.denominator, {"stats": out.stats}
 
 
-def _forward_step(engine, data_iterator, model):
+def _forward_step(engine, loss_function: LossFunction, data_iterator, model):
     batch = _to_device(next(data_iterator), engine.device)
     hidden = model(batch["tokens"], batch["position_ids"], None)
-    return hidden, partial(_loss_function, engine, model, batch)
+    return hidden, partial(loss_function, engine, unwrap_model(model), batch)
+
+
+def run_schedule(engine, micro_batches: List[Dict[str, torch.Tensor]],
+                 loss_function: LossFunction, forward_only: bool) -> List[dict]:
+    """Returns Megatron's per-micro-batch outputs (last stage only) of one pipeline schedule run.
+
+    ``loss_function(engine, model, batch, hidden)`` runs on the last stage and returns
+    (numerator, denominator, outputs) as Megatron's ``calculate_per_token_loss`` expects.
+    """
+    tokens = micro_batches[0]["tokens"]
+    chunks = engine.chunks
+    iterators = [iter(micro_batches) for _ in chunks] if len(chunks) > 1 else iter(micro_batches)
+    return get_forward_backward_func()(
+        forward_step_func=partial(_forward_step, engine, loss_function),
+        data_iterator=iterators,
+        model=chunks,
+        num_microbatches=len(micro_batches),
+        seq_length=tokens.shape[1],
+        micro_batch_size=tokens.shape[0],
+        forward_only=forward_only,
+    )
 
 
 def _global_stats(forward_data_store: List[dict], device: torch.device) -> torch.Tensor:
@@ -56,18 +75,7 @@ def forward_backward(engine, micro_batches: List[Dict[str, torch.Tensor]],
     for chunk in engine.chunks:
         chunk.zero_grad_buffer()
     engine.optimizer.zero_grad()
-    tokens = micro_batches[0]["tokens"]
-    chunks = engine.chunks
-    iterators = [iter(micro_batches) for _ in chunks] if len(chunks) > 1 else iter(micro_batches)
-    forward_data_store = get_forward_backward_func()(
-        forward_step_func=partial(_forward_step, engine),
-        data_iterator=iterators,
-        model=chunks,
-        num_microbatches=len(micro_batches),
-        seq_length=tokens.shape[1],
-        micro_batch_size=tokens.shape[0],
-        forward_only=forward_only,
-    )
+    forward_data_store = run_schedule(engine, micro_batches, _objective_loss, forward_only)
     metrics = summarize_stats(_global_stats(forward_data_store, engine.device))
     metrics["lr"] = engine.optimizer.param_groups[0]["lr"]
     return metrics

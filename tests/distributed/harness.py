@@ -77,12 +77,6 @@ def split_micro_batches(batch, dp_rank: int, dp_size: int, rows_per_micro_batch:
     ]
 
 
-def _unwrap(module):
-    while hasattr(module, "module"):
-        module = module.module
-    return module
-
-
 def _global_name(name: str, model) -> str:
     parts = name.split(".")
     if parts[:2] == ["decoder", "layers"]:
@@ -98,12 +92,13 @@ def full_gradients(engine) -> dict:
     holds the same, all-reduced gradient).
     """
     from megatron.core import parallel_state
+    from megatron.core.utils import unwrap_model
 
     tp_group = parallel_state.get_tensor_model_parallel_group()
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
     local = {}
     for chunk in engine.chunks:
-        model = _unwrap(chunk)
+        model = unwrap_model(chunk)
         for name, param in model.named_parameters():
             if name == "output_layer.weight" and model.share_embeddings_and_output_weights:
                 continue
