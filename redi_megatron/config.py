@@ -210,8 +210,7 @@ def parse_override(text: str):
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{text}' has no key")
-    # Overrides of free-form mappings (model.overrides.rope_theta=...) keep YAML's typing.
-    return key, yaml.safe_load(raw) if raw.strip() else ""
+    return key, _numeric(yaml.safe_load(raw)) if raw.strip() else ""
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> RunConfig:
@@ -227,7 +226,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         tree = loaded or {}
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(tree, key, _numeric(value))
+        _set_dotted(tree, key, value)
     config = _build(RunConfig, tree, "")
     validate_config(config)
     return config

@@ -6,7 +6,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import yaml  # noqa: E402
+from redi_megatron.qwen.logit_check import add_verify_arguments  # noqa: E402
 
 DTYPES = {"bf16": "bfloat16", "fp32": "float32", "source": None}
 
@@ -30,37 +30,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="config override recorded with the checkpoint: rope_theta, "
                              "max_position_embeddings (repeatable)")
     parser.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
-    parser.add_argument("--verify", action="store_true",
-                        help="compare transformers' and Megatron's fp32 logits after converting")
-    parser.add_argument("--verify-tolerance", type=float, default=None,
-                        help="largest max |logit diff| --verify accepts (default 1e-3)")
+    add_verify_arguments(parser, "converting")
     return parser.parse_args(argv)
-
-
-def parse_overrides(items):
-    """Returns {key: value} from KEY=VALUE strings, values parsed as YAML (300000, 1e6)."""
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--override {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from redi_megatron.config import ConfigError, ParallelConfig
+    from redi_megatron.config import ConfigError, ParallelConfig, parse_override
     from redi_megatron.qwen.conversion import convert_hf_to_megatron
     from redi_megatron.qwen.hf_checkpoint_io import CheckpointFormatError
-    from redi_megatron.qwen.logit_check import DEFAULT_TOLERANCE, verify
+    from redi_megatron.qwen.logit_check import report_verification, verify
 
     dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
     parallel = ParallelConfig(tensor=args.tp, pipeline=args.pp, virtual_pipeline=args.vpp)
     try:
-        convert_hf_to_megatron(args.hf, args.out, parallel, dtype, parse_overrides(args.override),
+        overrides = dict(parse_override(item) for item in args.override)
+        convert_hf_to_megatron(args.hf, args.out, parallel, dtype, overrides,
                                args.make_vocab_size_divisible_by)
     except (ConfigError, CheckpointFormatError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -69,11 +56,7 @@ def main(argv=None) -> int:
         from redi_megatron.checkpointing import HF_SOURCE_DIR
 
         result = verify(args.hf, args.out, config_dir=os.path.join(args.out, HF_SOURCE_DIR))
-        tolerance = args.verify_tolerance or DEFAULT_TOLERANCE
-        print(f"verify: {result.summary()} (tolerance {tolerance:g})")
-        if result.max_abs > tolerance:
-            print("error: logits differ beyond the tolerance", file=sys.stderr)
-            return 1
+        return report_verification(result, args.verify_tolerance)
     return 0
 
 

@@ -6,6 +6,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from redi_megatron.qwen.logit_check import add_verify_arguments  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -20,10 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="iteration to export (default: the latest complete one)")
     parser.add_argument("--max-shard-size-mb", type=float, default=5 * 1024,
                         help="largest safetensors shard in MiB (default 5 GiB)")
-    parser.add_argument("--verify", action="store_true",
-                        help="compare transformers' and Megatron's fp32 logits after exporting")
-    parser.add_argument("--verify-tolerance", type=float, default=None,
-                        help="largest max |logit diff| --verify accepts (default 1e-3)")
+    add_verify_arguments(parser, "exporting")
     return parser.parse_args(argv)
 
 
@@ -33,7 +32,7 @@ def main(argv=None) -> int:
     from redi_megatron.config import ConfigError
     from redi_megatron.qwen.conversion import convert_megatron_to_hf
     from redi_megatron.qwen.hf_checkpoint_io import CheckpointFormatError
-    from redi_megatron.qwen.logit_check import DEFAULT_TOLERANCE, verify
+    from redi_megatron.qwen.logit_check import report_verification, verify
 
     try:
         convert_megatron_to_hf(args.ckpt, args.out, args.iteration,
@@ -42,12 +41,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.verify:
-        result = verify(args.out, args.ckpt, args.iteration)
-        tolerance = args.verify_tolerance or DEFAULT_TOLERANCE
-        print(f"verify: {result.summary()} (tolerance {tolerance:g})")
-        if result.max_abs > tolerance:
-            print("error: logits differ beyond the tolerance", file=sys.stderr)
-            return 1
+        return report_verification(verify(args.out, args.ckpt, args.iteration),
+                                   args.verify_tolerance)
     return 0
 
 

@@ -1,16 +1,15 @@
 """Logits of a Hugging Face Qwen2 directory and of a Megatron checkpoint on the same tokens.
 
-Used by the converters' ``--verify``: both models run on CPU in fp32, the Megatron one built by
+Used by the converters' ``--verify`` (this module imports megatron only when a model is run): both models run on CPU in fp32, the Megatron one built by
 our own builder at TP=1/PP=1 and loaded through the training loop's load_checkpoint.
 """
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
-
-from redi_megatron.checkpointing import HF_SOURCE_DIR
 
 DEFAULT_TOLERANCE = 1e-3
 
@@ -53,7 +52,7 @@ def megatron_logits(ckpt_root: str, tokens: torch.Tensor,
 
     The process must be a one-process group (megatron_checkpoint_io.start_single_process).
     """
-    from redi_megatron.checkpointing import load_checkpoint
+    from redi_megatron.checkpointing import HF_SOURCE_DIR, load_checkpoint
     from redi_megatron.config import ModelConfig, ParallelConfig
     from redi_megatron.qwen.architecture import architecture_from_model_config
     from redi_megatron.qwen.megatron_checkpoint_io import CPU
@@ -73,6 +72,23 @@ def megatron_logits(ckpt_root: str, tokens: torch.Tensor,
     return logits[..., :arch.vocab_size].float()
 
 
+def add_verify_arguments(parser, after: str) -> None:
+    """Adds the converters' --verify and --verify-tolerance options to an argparse parser."""
+    parser.add_argument("--verify", action="store_true",
+                        help=f"compare transformers' and Megatron's fp32 logits after {after}")
+    parser.add_argument("--verify-tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help=f"largest max |logit diff| --verify accepts (default {DEFAULT_TOLERANCE:g})")
+
+
+def report_verification(result: "LogitComparison", tolerance: float) -> int:
+    """Returns the exit code (0, or 1 above ``tolerance``) after printing the comparison."""
+    print(f"verify: {result.summary()} (tolerance {tolerance:g})")
+    if result.max_abs > tolerance:
+        print("error: logits differ beyond the tolerance", file=sys.stderr)
+        return 1
+    return 0
+
+
 def compare(reference: torch.Tensor, candidate: torch.Tensor) -> LogitComparison:
     """Returns the max/mean absolute difference and argmax agreement of two logit tensors."""
     diff = (reference - candidate).abs()
@@ -83,7 +99,7 @@ def compare(reference: torch.Tensor, candidate: torch.Tensor) -> LogitComparison
 def verify(hf_dir: str, ckpt_root: str, iteration: Optional[int] = None,
            config_dir: Optional[str] = None) -> LogitComparison:
     """Returns the comparison of the HF model's and the Megatron checkpoint's logits."""
-    from redi_megatron.checkpointing import iteration_dir, latest_iteration
+    from redi_megatron.checkpointing import HF_SOURCE_DIR, iteration_dir, latest_iteration
     from redi_megatron.qwen.architecture import read_hf_config
     from redi_megatron.qwen.megatron_checkpoint_io import checkpoint_vocab_and_dtype
 
