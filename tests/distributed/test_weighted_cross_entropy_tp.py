@@ -3,13 +3,10 @@
 All checks run inside one spawned job: process start and the megatron import dominate the cost.
 """
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from harness import run_spawned
 
 TP = 2
 SEQ, BATCH, HIDDEN, VOCAB = 38, 2, 16, 64
@@ -96,36 +93,27 @@ def _check_out_of_range_uses_full_vocab(rank):
         vocab_parallel_token_logprobs(local_hidden, local_weight, labels)
 
 
-def _worker(rank, port):
+def _worker(rank, world_size):
+    import torch.distributed as dist
     from megatron.core import parallel_state
 
     from redi_megatron.config import ParallelConfig
     from redi_megatron.runtime import init_parallel_state
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=TP)
-    try:
-        init_parallel_state(ParallelConfig(tensor=TP), seed=0)
-        problem = _full_problem()
-        hidden, weight, labels, weights = problem
-        hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        logp = _reference_logprobs(hidden, weight, labels)
-        reference = (logp.detach(), *torch.autograd.grad(-(weights * logp).sum(), (hidden, weight)))
-        # The explicit group in the fused SP call checks that tp_group is honoured.
-        _check_layout(rank, False, problem, reference, None)
-        _check_layout(rank, True, problem, reference,
-                      parallel_state.get_tensor_model_parallel_group())
-        _check_out_of_range_uses_full_vocab(rank)
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    init_parallel_state(ParallelConfig(tensor=TP), seed=0)
+    problem = _full_problem()
+    hidden, weight, labels, weights = problem
+    hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    logp = _reference_logprobs(hidden, weight, labels)
+    reference = (logp.detach(), *torch.autograd.grad(-(weights * logp).sum(), (hidden, weight)))
+    # The explicit group in the fused SP call checks that tp_group is honoured.
+    _check_layout(rank, False, problem, reference, None)
+    _check_layout(rank, True, problem, reference,
+                  parallel_state.get_tensor_model_parallel_group())
+    _check_out_of_range_uses_full_vocab(rank)
 
 
 @pytest.mark.timeout(120)
-def test_tensor_and_sequence_parallel_match_single_process_reference():
-    mp.spawn(_worker, args=(_free_port(),), nprocs=TP, join=True)
+def test_tensor_and_sequence_parallel_match_single_process_reference(tmp_path):
+    run_spawned(_worker, TP, error_dir=str(tmp_path / "errors"))
