@@ -156,13 +156,15 @@ def load_checkpoint(
     scheduler=None,
     weights_only: bool = False,
     iteration: Optional[int] = None,
+    load_optimizer_state: bool = True,
 ) -> Dict[str, Any]:
     """Returns the saved train_state after loading the checkpoint into the model (and optimizer).
 
     Any tensor/pipeline layout can load any other: tensors are resharded by dist-checkpointing.
     ``weights_only`` loads the model alone (fine-tuning from a converted or SFT checkpoint).
-    The optimizer state is loaded only when ``optimizer`` is given; RNG states only when the
-    layout is unchanged (they are per-rank).
+    The optimizer state is loaded when ``optimizer`` is given, unless ``weights_only`` or not
+    ``load_optimizer_state``; then the optimizer's main parameters are refreshed from the loaded
+    weights instead. RNG states are loaded only when the layout is unchanged (they are per-rank).
     """
     if iteration is None:
         iteration = latest_iteration(root)
@@ -175,7 +177,7 @@ def load_checkpoint(
     saved_train_state = common.get("train_state", {})
 
     request = model_sharded_state_dict(chunks)
-    load_optimizer = optimizer is not None and not weights_only
+    load_optimizer = optimizer is not None and not weights_only and load_optimizer_state
     if load_optimizer:
         if not saved_train_state.get("has_optimizer"):
             raise CheckpointError(f"{directory} holds no optimizer state; load it with finetune=true")

@@ -72,11 +72,12 @@ def _resume(config: RunConfig, engine, loader) -> int:
     """Returns the step to continue from, after loading what the checkpoint settings ask for."""
     ckpt = config.checkpoint
     if ckpt.save and latest_iteration(ckpt.save) is not None:
-        optimizer = engine.optimizer if ckpt.load_optimizer else None
-        state = load_checkpoint(ckpt.save, engine.chunks, optimizer, engine.scheduler)
+        state = load_checkpoint(ckpt.save, engine.chunks, engine.optimizer, engine.scheduler,
+                                load_optimizer_state=ckpt.load_optimizer)
     elif ckpt.load:
         state = load_checkpoint(ckpt.load, engine.chunks, engine.optimizer, engine.scheduler,
-                                weights_only=ckpt.finetune)
+                                weights_only=ckpt.finetune,
+                                load_optimizer_state=ckpt.load_optimizer)
         if ckpt.save:
             copy_hf_source(ckpt.load, ckpt.save)
     else:
