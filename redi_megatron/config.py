@@ -83,7 +83,9 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     epochs: float = 1.0
-    # When > 0, stop after this many steps (the LR schedule still spans `epochs`).
+    # When > 0, the run's length in optimizer steps (the LR schedule spans it), instead of epochs.
+    train_steps: int = 0
+    # When > 0, stop after this many steps (the LR schedule still spans the whole run).
     max_steps: int = 0
     precision: str = "auto"
     fp8: Optional[str] = None
@@ -280,8 +282,10 @@ def validate_config(config: RunConfig) -> None:
         raise ConfigError(f"optim.warmup_fraction={o.warmup_fraction} must lie in [0, 1)")
     if o.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
-    if t.epochs <= 0 and t.max_steps <= 0:
-        raise ConfigError("set train.epochs > 0 or train.max_steps > 0")
+    if t.train_steps < 0 or t.max_steps < 0:
+        raise ConfigError("train.train_steps and train.max_steps must be >= 0")
+    if t.epochs <= 0 and t.train_steps == 0:
+        raise ConfigError("set train.epochs > 0 or train.train_steps > 0")
     if config.checkpoint.save_interval and not config.checkpoint.save:
         raise ConfigError("checkpoint.save_interval is set but checkpoint.save (a directory) is empty")
 

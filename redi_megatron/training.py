@@ -65,6 +65,8 @@ def _total_steps(config: RunConfig, num_samples: int) -> int:
     if steps_per_epoch == 0:
         raise ConfigError(f"data.global_batch_size={config.data.global_batch_size} exceeds the "
                           f"{num_samples} samples of {config.data.path}")
+    if config.train.train_steps:
+        return config.train.train_steps
     return max(1, int(config.train.epochs * steps_per_epoch))
 
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from redi_megatron.data.token_shards import TokenShards
 from redi_megatron.demo import evaluation, report
 from redi_megatron.demo.synthetic_task import write_task
 from redi_megatron.demo.tiny_model import train_tokenizer, write_random_model
@@ -109,8 +110,7 @@ def run_pipeline(out_dir: str | Path, settings: DemoSettings) -> dict:
               out / "base_model", "--out", shards[kind], "--workers", "1",
               "--max-prompt-tokens", str(s.max_prompt_tokens),
               "--max-response-tokens", str(s.seq_length - s.max_prompt_tokens)], out / "logs" / f"preprocess_{kind}.log")
-    samples = {kind: json.loads(Path(prefix + ".json").read_text()).get("num_samples")
-               or _num_samples(prefix) for kind, prefix in shards.items()}
+    samples = {kind: len(TokenShards(prefix)) for kind, prefix in shards.items()}
     print(f"  token shards: {samples}")
     _run([TOOLS / "convert_hf_to_megatron.py", "--hf", out / "base_model", "--out", out / "ckpt" / "base",
           "--dtype", "fp32"], out / "logs" / "convert_base.log")
@@ -122,7 +122,7 @@ def run_pipeline(out_dir: str | Path, settings: DemoSettings) -> dict:
     clock.stage(f"5/8 Stage 1: SFT on the correct traces ({s.sft_steps} steps)")
     runs = {"sft": _train(out, "sft", common + [
         f"data.path={shards['sft']}", "loss.objective=sft", f"optim.lr={s.sft_lr}",
-        _epochs(s.sft_steps, samples["sft"], s.global_batch_size), f"train.max_steps={s.sft_steps}",
+        f"train.train_steps={s.sft_steps}",
         f"checkpoint.load={out / 'ckpt' / 'base'}", "checkpoint.finetune=true"])}
 
     clock.stage(f"6/8 Stage 2 from the SFT checkpoint, {s.stage2_steps} steps each: {', '.join(s.methods)}")
@@ -131,7 +131,7 @@ def run_pipeline(out_dir: str | Path, settings: DemoSettings) -> dict:
         kind = "pairs" if method.pairs else "sft"
         runs[name] = _train(out, name, common + list(method.overrides) + [
             f"data.path={shards[kind]}", f"optim.lr={s.stage2_lr * method.lr_scale}",
-            _epochs(s.stage2_steps, samples[kind], s.global_batch_size), f"train.max_steps={s.stage2_steps}",
+            f"train.train_steps={s.stage2_steps}",
             f"checkpoint.load={out / 'ckpt' / 'sft'}", "checkpoint.finetune=true"])
 
     clock.stage("7/8 export to Hugging Face (convert_megatron_to_hf) and greedy generation on held-out problems")
@@ -170,21 +170,6 @@ def run_pipeline(out_dir: str | Path, settings: DemoSettings) -> dict:
     (out / "results.txt").write_text(table + "\n")
     print(f"done in {clock.elapsed():.0f}s; results in {out / 'results.json'}")
     return results
-
-
-def _epochs(steps: int, samples: int, global_batch_size: int) -> str:
-    """Return the train.epochs override whose LR schedule spans exactly ``steps`` steps."""
-    per_epoch = samples // global_batch_size
-    if per_epoch == 0:
-        raise DemoError(f"{samples} samples do not fill one global batch of {global_batch_size}")
-    # Half a step of slack so int(epochs * per_epoch) == steps despite float rounding.
-    return f"train.epochs={(steps + 0.5) / per_epoch}"
-
-
-def _num_samples(prefix: str) -> int:
-    import numpy as np
-
-    return int(np.load(prefix + ".idx.npy", mmap_mode="r").shape[0])
 
 
 def _train(out: Path, name: str, overrides: list[str]) -> list[dict]:
