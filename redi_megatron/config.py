@@ -51,7 +51,11 @@ class ParallelConfig:
 class DataConfig:
     # Shard prefix written by tools/preprocess_data.py.
     path: str = ""
+    # Samples are padded to this length; the longest of them must fit.
     seq_length: int = 256
+    # Each step computes only up to its longest loss-carrying position, rounded up to this
+    # multiple (0: always the full seq_length).
+    pad_to_multiple_of: int = 64
     micro_batch_size: int = 1
     global_batch_size: int = 8
     seed: int = 1234
@@ -268,6 +272,8 @@ def validate_config(config: RunConfig) -> None:
             f"data.seq_length={d.seq_length} must be divisible by parallel.tensor={p.tensor} "
             "with sequence parallelism"
         )
+    if d.pad_to_multiple_of < 0:
+        raise ConfigError(f"data.pad_to_multiple_of must be >= 0, got {d.pad_to_multiple_of}")
     if loss.objective not in OBJECTIVES:
         raise ConfigError(f"loss.objective='{loss.objective}' is not one of {', '.join(OBJECTIVES)}")
     if not 0.0 <= loss.alpha <= 1.0:

@@ -18,6 +18,7 @@ from redi_megatron.config import RunConfig
 from redi_megatron.qwen.architecture import QwenArchitecture, architecture_from_model_config
 from redi_megatron.qwen.model import build_model_chunks, transformer_config
 from redi_megatron.runtime import Accelerators
+from redi_megatron.sequence_trimming import sequence_multiple
 
 
 @dataclass
@@ -30,6 +31,13 @@ class Engine:
     optimizer: object
     scheduler: OptimizerParamScheduler
     total_steps: int
+
+    @property
+    def sequence_multiple(self) -> int:
+        """The multiple a step's trimmed sequence length is rounded up to (see sequence_trimming)."""
+        p = self.config.parallel
+        return sequence_multiple(self.config.data.pad_to_multiple_of, p.tensor,
+                                 p.sequence_parallel, p.context)
 
     @property
     def device(self) -> torch.device:

@@ -11,6 +11,7 @@ from megatron.core.utils import unwrap_model
 
 from redi_megatron.loss_head import token_logprobs
 from redi_megatron.objectives import STAT_NAMES, compute_objective, summarize_stats
+from redi_megatron.sequence_trimming import trim_padding
 
 
 LossFunction = Callable[..., Tuple[torch.Tensor, torch.Tensor, dict]]
@@ -39,6 +40,8 @@ def run_schedule(engine, micro_batches: List[Dict[str, torch.Tensor]],
     ``loss_function(engine, model, batch, hidden)`` runs on the last stage and returns
     (numerator, denominator, outputs) as Megatron's ``calculate_per_token_loss`` expects.
     """
+    if engine.config.data.pad_to_multiple_of:
+        micro_batches = trim_padding(micro_batches, engine.sequence_multiple)
     tokens = micro_batches[0]["tokens"]
     chunks = engine.chunks
     iterators = [iter(micro_batches) for _ in chunks] if len(chunks) > 1 else iter(micro_batches)

@@ -13,7 +13,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from redi_megatron.config import ModelConfig, ParallelConfig
+from redi_megatron.config import ConfigError, ModelConfig, ParallelConfig
 from redi_megatron.qwen.architecture import QwenArchitecture
 from redi_megatron.runtime import Accelerators
 
@@ -67,7 +67,11 @@ def transformer_config(
     dtype = resolve_precision(precision, accelerators)
     use_te = accelerators.transformer_engine
     if fp8 and not use_te:
-        raise ValueError("train.fp8 needs Transformer Engine on a GPU; set train.fp8=null")
+        raise ConfigError(f"train.fp8={fp8} needs Transformer Engine on a GPU; set train.fp8=null")
+    if parallel.context > 1 and not use_te:
+        # Megatron's local attention asserts context_parallel_size == 1.
+        raise ConfigError(f"parallel.context={parallel.context} needs Transformer Engine on a GPU "
+                          "(Megatron's local attention has no context parallelism); set it to 1")
     fused = accelerators.cuda
     return TransformerConfig(
         num_layers=arch.num_layers,
