@@ -34,6 +34,7 @@ STAT_NAMES = (
     "pair_count",
     "correct_pairs",
     "completion_tokens",
+    "processed_tokens",
 )
 
 
@@ -109,6 +110,8 @@ def compute_objective(token_logprobs: torch.Tensor, loss_mask: torch.Tensor, los
     stats[0] = numerator.detach()
     stats[1] = denominator
     stats[7] = tokens
+    # Every position the model ran on (after padding trimming), for tokens/s and MFU.
+    stats[8] = token_logprobs.numel()
     return ObjectiveOutput(numerator=numerator, denominator=denominator, stats=stats)
 
 
@@ -119,6 +122,8 @@ def summarize_stats(stats: torch.Tensor) -> dict:
         "loss": s["loss_numerator"] / max(s["loss_denominator"], 1.0),
         "logp_chosen": s["chosen_logp_norm_sum"] / max(s["chosen_count"], 1.0),
         "completion_tokens": s["completion_tokens"],
+        "processed_tokens": s["processed_tokens"],
+        "rows": s["chosen_count"] + s["pair_count"],
     }
     if s["pair_count"]:
         metrics["logp_rejected"] = s["rejected_logp_norm_sum"] / s["pair_count"]

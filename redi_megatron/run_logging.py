@@ -12,7 +12,7 @@ import torch
 _H100_BF16_FLOPS = 989e12
 
 
-def training_flops_per_token(arch, seq_length: int) -> float:
+def training_flops_per_token(arch, seq_length: float) -> float:
     """Returns forward+backward FLOPs per token: 6 x parameters plus the attention score terms."""
     h, layers = arch.hidden_size, arch.num_layers
     kv = arch.num_key_value_heads * arch.head_dim
@@ -52,7 +52,7 @@ class RunLogger:
     def __init__(self, config, arch, accelerators, world_size: int):
         self.interval = config.train.log_interval
         self.is_writer = torch.distributed.get_rank() == 0
-        self.flops_per_token = training_flops_per_token(arch, config.data.seq_length)
+        self.arch = arch
         self.peak_flops = _H100_BF16_FLOPS * world_size if accelerators.cuda else None
         self.collapse = CollapseDetector(config.train.collapse_window, config.train.collapse_drop)
         self.tensorboard = None
@@ -65,12 +65,17 @@ class RunLogger:
             self.jsonl = open(os.path.join(config.train.log_dir, "metrics.jsonl"), "a",
                               encoding="utf-8")
 
-    def log(self, step: int, total_steps: int, metrics: dict, seconds: float, tokens: int) -> None:
-        """Records the step's metrics (loss, log-probs, grad norm, LR, tokens/s, MFU on GPU)."""
+    def log(self, step: int, total_steps: int, metrics: dict, seconds: float) -> None:
+        """Records the step's metrics (loss, log-probs, grad norm, LR, tokens/s, MFU on GPU).
+
+        tokens/s counts every position the model computed, over all data-parallel ranks.
+        """
         metrics = dict(metrics, step=step, step_seconds=seconds,
-                       tokens_per_s=tokens / max(seconds, 1e-9))
+                       tokens_per_s=metrics["processed_tokens"] / max(seconds, 1e-9))
         if self.peak_flops:
-            metrics["mfu"] = self.flops_per_token * metrics["tokens_per_s"] / self.peak_flops
+            row_length = metrics["processed_tokens"] / max(metrics["rows"], 1.0)
+            flops_per_token = training_flops_per_token(self.arch, row_length)
+            metrics["mfu"] = flops_per_token * metrics["tokens_per_s"] / self.peak_flops
         warning = self.collapse.update(metrics["logp_chosen"], metrics.get("logp_rejected"))
         if not self.is_writer:
             return

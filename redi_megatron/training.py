@@ -111,8 +111,6 @@ def train(config: RunConfig) -> List[dict]:
     logger = RunLogger(config, arch, accelerators, torch.distributed.get_world_size())
     stop = StopRequest()
     history, skipped_in_a_row = [], 0
-    tokens_per_step = config.data.global_batch_size * config.data.seq_length * (
-        2 if loader.kind == "pairs" else 1)
     save_every = config.checkpoint.save_interval
     try:
         while step < last_step:
@@ -123,7 +121,7 @@ def train(config: RunConfig) -> List[dict]:
             if skipped_in_a_row > config.train.max_skipped_steps:
                 raise RuntimeError(f"{skipped_in_a_row} consecutive steps had a non-finite loss "
                                    f"(last at step {step}); stopping")
-            logger.log(step, last_step, metrics, time.perf_counter() - started, tokens_per_step)
+            logger.log(step, last_step, metrics, time.perf_counter() - started)
             history.append(dict(metrics, step=step))
             stopping = stop.requested_anywhere(engine.device)
             if config.checkpoint.save and (

@@ -33,8 +33,9 @@ def _job(rank, world_size, workdir):
             save_checkpoint(weights, 0, engine.chunks)
         else:
             load_checkpoint(weights, engine.chunks, engine.optimizer, weights_only=True)
-        loss = forward_backward(engine, micro_batches)["loss"]
-        results[multiple] = (loss, full_gradients(engine))
+        metrics = forward_backward(engine, micro_batches)
+        assert metrics["processed_tokens"] == 4 * (PADDED if multiple == 0 else 40)
+        results[multiple] = (metrics["loss"], full_gradients(engine))
     assert results[8][0] == pytest.approx(results[0][0], rel=1e-6)
     assert_gradients_close(results[8][1], results[0][1], 1e-5, "trimmed vs padded")
 

@@ -106,6 +106,8 @@ def test_metrics_and_dpo_at_reference_is_log_two():
     assert metrics["logp_chosen"] == pytest.approx(norm[0::2].mean().item())
     assert metrics["logp_rejected"] == pytest.approx(norm[1::2].mean().item())
     assert metrics["pair_accuracy"] == pytest.approx((norm[0::2] > norm[1::2]).double().mean().item())
+    assert metrics["processed_tokens"] == ROWS * SEQ and metrics["rows"] == ROWS
+    assert metrics["completion_tokens"] == mask.sum().item()
 
 
 def test_empty_completion_and_missing_reference_are_clear_errors():
