@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import warnings
 
 from redi_megatron.config import ConfigError
 
@@ -28,8 +29,18 @@ def _demo(args) -> int:
     return 0
 
 
+# Megatron warns once per module that TE/apex are absent and about its own cuda_graph_scope
+# default; the runtime prints one line naming the layer implementation instead.
+_KNOWN_MEGATRON_WARNINGS = (
+    r"(Transformer Engine and )?Apex (is|are) not installed",
+    r"full scope is deprecated",
+)
+
+
 def main(argv=None) -> int:
     """Returns the process exit code of a `redi-megatron` invocation."""
+    for message in _KNOWN_MEGATRON_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
     parser = argparse.ArgumentParser(prog="redi-megatron", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train (SFT or REDI and its baselines) from a config")

@@ -26,6 +26,14 @@ class Accelerators:
         return "nccl" if self.cuda else "gloo"
 
 
+def describe(accelerators: Accelerators) -> str:
+    """Returns one line naming the device, backend and layer implementation in use."""
+    layers = "Transformer Engine layers" if accelerators.transformer_engine else "local layer spec"
+    norms = ", apex" if accelerators.apex else ""
+    device = "CUDA" if accelerators.cuda else "CPU (megatron-core CUDA shims active)"
+    return f"{device}, {accelerators.backend}, {layers}{norms}"
+
+
 def _importable(module: str) -> bool:
     # A TE wheel without a GPU raises OSError/RuntimeError at import, not only ImportError.
     try:
@@ -134,4 +142,7 @@ def start(parallel: ParallelConfig, arch: QwenArchitecture, seed: int,
     init_distributed(accelerators)
     validate_layout(arch, parallel, torch.distributed.get_world_size())
     init_parallel_state(parallel, seed)
+    if torch.distributed.get_rank() == 0:
+        print(f"redi_megatron: {describe(accelerators)}; world size "
+              f"{torch.distributed.get_world_size()}", flush=True)
     return accelerators
