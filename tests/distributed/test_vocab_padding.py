@@ -16,7 +16,7 @@ from test_qwen_state_dict_mapping import tiny_qwen
 pytestmark = pytest.mark.timeout(300)
 VOCAB = 600
 PADDED = {1: 640, 2: 768}
-TOLERANCE = 1e-4  # fp32 HF vs Megatron, as in test_conversion
+TOLERANCE = 1e-5  # fp32; measured 4.8e-7
 
 
 def _problem():
