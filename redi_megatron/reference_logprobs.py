@@ -16,7 +16,8 @@ from redi_megatron.training_step import run_schedule
 
 
 def _sequence_sums(engine, model, batch, output_tensor):
-    logp = token_logprobs(model, output_tensor, batch["labels"], engine.config.loss)
+    logp = token_logprobs(model, output_tensor, batch["labels"], engine.config.loss,
+                          engine.arch.vocab_size)
     sums, _ = sequence_logprob_sums(logp, batch["loss_mask"])
     zero = sums.sum() * 0.0
     return zero, torch.tensor(1, dtype=torch.int, device=sums.device), {"sums": sums.detach()}
