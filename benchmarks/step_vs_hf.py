@@ -1,6 +1,7 @@
 """One REDI step of the package against Hugging Face transformers + a TRL-style loss, same weights.
 
-    python benchmarks/step_vs_hf.py [--seq-lengths 1024 2048 8192] [--steps 2] [--local-up-to 2048]
+    python benchmarks/step_vs_hf.py [--seq-lengths 1024 2048 8192] [--steps 2] [--warmup 1]
+                                    [--local-up-to 2048]
 
 Shape (issue 10): a Qwen2 of hidden 512, 6 layers, 8 query / 2 key-value heads, intermediate 1408,
 vocab 32,000 (tied embeddings), 2 pairs = 4 rows of --seq-length tokens, each a 32-token prompt
@@ -17,7 +18,7 @@ and a completion to the end of the row (no padding). One step is forward, backwa
 Every (implementation, length) runs in its own subprocess, so its peak memory is that process's
 peak resident set size (getrusage ru_maxrss); "step memory" is that peak minus the resident size
 just before the first step (activations, gradients, optimizer state). Step time is the best of
---steps steps after one warm-up step. Both first-step losses are printed: equal losses show both
+--steps steps after --warmup warm-up steps. Both first-step losses are printed: equal losses show both
 sides computed the same thing. A subprocess caps its address space at what the machine has free,
 so an oversized configuration fails with "out of memory" instead of invoking the OOM killer.
 """
@@ -67,19 +68,19 @@ def _resident_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _timed_steps(step, steps: int):
-    """Returns (first step's loss, best time of ``steps`` steps after the first, resident MB before)."""
+def _timed_steps(step, steps: int, warmup: int):
+    """Returns (first step's loss, best time of ``steps`` steps after ``warmup``, resident MB before)."""
     before = _resident_mb()
-    loss = step()
-    times = []
-    for _ in range(steps):
+    losses, times = [], []
+    for index in range(warmup + steps):
         started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return loss, min(times), before
+        losses.append(step())
+        if index >= warmup:
+            times.append(time.perf_counter() - started)
+    return losses[0], min(times), before
 
 
-def _package_worker(work: str, seq_length: int, steps: int, attention: str) -> dict:
+def _package_worker(work: str, seq_length: int, steps: int, warmup: int, attention: str):
     from redi_megatron.checkpointing import load_checkpoint
     from redi_megatron.config import load_config
     from redi_megatron.engine import build_engine
@@ -95,10 +96,10 @@ def _package_worker(work: str, seq_length: int, steps: int, attention: str) -> d
     engine = build_engine(config, total_steps=100)
     load_checkpoint(f"{work}/ckpt", engine.chunks, engine.optimizer, weights_only=True)
     batch = _batch(seq_length, SHAPE["vocab_size"])
-    return _timed_steps(lambda: train_step(engine, [batch])["loss"], steps)
+    return _timed_steps(lambda: train_step(engine, [batch])["loss"], steps, warmup)
 
 
-def _hf_worker(work: str, seq_length: int, steps: int) -> dict:
+def _hf_worker(work: str, seq_length: int, steps: int, warmup: int):
     from transformers import Qwen2ForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -125,7 +126,7 @@ def _hf_worker(work: str, seq_length: int, steps: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    return _timed_steps(step, steps)
+    return _timed_steps(step, steps, warmup)
 
 
 def _prepare(work: str) -> None:
@@ -149,10 +150,11 @@ def _worker(args) -> None:
     _cap_address_space()
     try:
         if args.worker == "hf":
-            loss, seconds, before = _hf_worker(args.work, args.seq_length, args.steps)
+            loss, seconds, before = _hf_worker(args.work, args.seq_length, args.steps,
+                                               args.warmup)
         else:
             loss, seconds, before = _package_worker(args.work, args.seq_length, args.steps,
-                                                    args.worker)
+                                                    args.warmup, args.worker)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result = dict(loss=loss, seconds=seconds, peak_mb=peak, step_mb=peak - before)
     except (RuntimeError, MemoryError) as error:
@@ -162,9 +164,10 @@ def _worker(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _run(work: str, worker: str, seq_length: int, steps: int) -> dict:
+def _run(work: str, worker: str, seq_length: int, args) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--work", work,
-               "--seq-length", str(seq_length), "--steps", str(steps)]
+               "--seq-length", str(seq_length), "--steps", str(args.steps),
+               "--warmup", str(args.warmup)]
     done = subprocess.run(command, capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -184,7 +187,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seq-lengths", type=int, nargs="+", default=[1024, 2048, 8192])
-    parser.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps (the best is printed)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     parser.add_argument("--local-up-to", type=int, default=2048,
                         help="also run Megatron's local attention up to this length (0: never)")
     parser.add_argument("--worker", choices=["prepare", "sdpa", "local", "hf"], help=argparse.SUPPRESS)
@@ -194,19 +198,20 @@ def main():
     if args.worker:
         _worker(args)
         return
-    print(f"torch threads {torch.get_num_threads()}; columns: best step time, peak RSS, step "
-          "memory (peak - RSS before the first step), first-step loss")
+    print(f"torch threads {torch.get_num_threads()}, {args.warmup} warm-up + best of {args.steps} "
+          "steps; columns: step time, peak RSS, step memory (peak - RSS before the first step), "
+          "first-step loss")
     with tempfile.TemporaryDirectory(prefix="step_vs_hf_") as work:
         prepared = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",
                                    "prepare", "--work", work], capture_output=True, text=True)
         if prepared.returncode:
             sys.exit(prepared.stderr)
         for seq_length in args.seq_lengths:
-            hf = _run(work, "hf", seq_length, args.steps)
+            hf = _run(work, "hf", seq_length, args)
             print(f"{seq_length:>6} tokens  hf (sdpa, full logits)    {_cell(hf)}", flush=True)
             workers = ["sdpa"] + (["local"] if seq_length <= args.local_up_to else [])
             for worker in workers:
-                ours = _run(work, worker, seq_length, args.steps)
+                ours = _run(work, worker, seq_length, args)
                 ratio = ("" if "error" in ours or "error" in hf
                          else f"  time ratio {ours['seconds'] / hf['seconds']:.2f}, "
                               f"peak ratio {ours['peak_mb'] / hf['peak_mb']:.2f}")
