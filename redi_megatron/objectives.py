@@ -11,7 +11,9 @@ gradient identical whatever the split into micro-batches, data-parallel, tensor 
 - simpo: -log sigmoid(beta * (logp_w/|y_w| - logp_l/|y_l|) - gamma).
 - dpo: -log sigmoid(beta * ((logp_w - ref_w) - (logp_l - ref_l))), ref = offline reference sums.
 
-Pair rows are interleaved: row 2i is the chosen trace of pair i, row 2i+1 the rejected one.
+Pair sequences are interleaved: sequence 2i is the chosen trace of pair i, 2i+1 the rejected one.
+Sequences are padded rows (one per row) or documents of packed rows, told apart per position
+by the micro-batch's ``sequence_ids`` (see redi_megatron.data.packing).
 """
 
 from dataclasses import dataclass
@@ -45,10 +47,25 @@ class ObjectiveOutput:
     stats: torch.Tensor  # float64 [len(STAT_NAMES)], detached
 
 
-def sequence_logprob_sums(token_logprobs: torch.Tensor, loss_mask: torch.Tensor):
-    """Returns (sum of completion log-probs [b], completion length [b]) from [b, s] inputs."""
+def sequence_logprob_sums(token_logprobs: torch.Tensor, loss_mask: torch.Tensor,
+                          sequence_ids: Optional[torch.Tensor] = None, num_sequences=None):
+    """Returns (sum of completion log-probs [n], completion length [n]) from [b, s] inputs.
+
+    Without ``sequence_ids`` each row is one sequence (n = b). With them, position t adds to
+    sequence ``sequence_ids[t]`` (-1: to none) and n is ``num_sequences`` (default: the largest id + 1).
+    """
     mask = loss_mask.to(token_logprobs.dtype)
-    return (token_logprobs * mask).sum(dim=-1), mask.sum(dim=-1)
+    if sequence_ids is None:
+        return (token_logprobs * mask).sum(dim=-1), mask.sum(dim=-1)
+    ids = sequence_ids.flatten()
+    if num_sequences is None:
+        num_sequences = int(ids.max()) + 1
+    keep = (ids >= 0).nonzero().flatten()
+    ids = ids.index_select(0, keep)
+    zeros = token_logprobs.new_zeros(int(num_sequences))
+    sums = zeros.index_add(0, ids, (token_logprobs * mask).flatten().index_select(0, keep))
+    lengths = zeros.index_add(0, ids, mask.flatten().index_select(0, keep))
+    return sums, lengths
 
 
 def _check_lengths(lengths: torch.Tensor) -> None:
@@ -84,9 +101,10 @@ def pair_losses(objective: str, logp: torch.Tensor, lengths: torch.Tensor, loss:
 
 
 def compute_objective(token_logprobs: torch.Tensor, loss_mask: torch.Tensor, loss: LossConfig,
-                      ref_logp: Optional[torch.Tensor] = None) -> ObjectiveOutput:
+                      ref_logp: Optional[torch.Tensor] = None, sequence_ids: Optional[torch.Tensor] = None,
+                      num_sequences=None) -> ObjectiveOutput:
     """Returns the loss numerator, denominator and statistics of one micro-batch."""
-    logp, lengths = sequence_logprob_sums(token_logprobs.float(), loss_mask)
+    logp, lengths = sequence_logprob_sums(token_logprobs.float(), loss_mask, sequence_ids, num_sequences)
     _check_lengths(lengths)
     norm = (logp / lengths).detach()
     tokens = lengths.sum().detach()

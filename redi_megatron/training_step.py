@@ -11,6 +11,7 @@ from megatron.core.utils import unwrap_model
 
 from redi_megatron.loss_head import token_logprobs
 from redi_megatron.objectives import STAT_NAMES, compute_objective, summarize_stats
+from redi_megatron.packed_sequences import as_one_sequence, equal_rows, packed_seq_params
 from redi_megatron.sequence_trimming import trim_padding
 
 
@@ -23,13 +24,19 @@ def _to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str
 
 def _objective_loss(engine, model, batch, output_tensor):
     logp = token_logprobs(model, output_tensor, batch["labels"], engine.config.loss)
-    out = compute_objective(logp, batch["loss_mask"], engine.config.loss, batch.get("ref_logps"))
+    out = compute_objective(logp, batch["loss_mask"], engine.config.loss, batch.get("ref_logps"),
+                            batch.get("sequence_ids"), batch.get("num_sequences"))
     return out.numerator, out.denominator, {"stats": out.stats}
 
 
 def _forward_step(engine, loss_function: LossFunction, data_iterator, model):
-    batch = _to_device(next(data_iterator), engine.device)
-    hidden = model(batch["tokens"], batch["position_ids"], None)
+    batch = next(data_iterator)
+    packed = None
+    if engine.config.data.pack_tokens:
+        batch = as_one_sequence(batch)
+        packed = packed_seq_params(batch["position_ids"], engine.device)
+    batch = _to_device(batch, engine.device)
+    hidden = model(batch["tokens"], batch["position_ids"], None, packed_seq_params=packed)
     return hidden, partial(loss_function, engine, unwrap_model(model), batch)
 
 
@@ -42,7 +49,11 @@ def run_schedule(engine, micro_batches: List[Dict[str, torch.Tensor]],
     """
     if engine.config.data.pad_to_multiple_of:
         micro_batches = trim_padding(micro_batches, engine.sequence_multiple)
+    if engine.config.data.pack_tokens and engine.config.parallel.pipeline > 1:
+        micro_batches = equal_rows(micro_batches)
     tokens = micro_batches[0]["tokens"]
+    if engine.config.data.pack_tokens:  # the model sees [1, rows * length] (THD)
+        tokens = tokens.reshape(1, -1)
     chunks = engine.chunks
     iterators = [iter(micro_batches) for _ in chunks] if len(chunks) > 1 else iter(micro_batches)
     return get_forward_backward_func()(
