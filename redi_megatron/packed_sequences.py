@@ -6,7 +6,7 @@ Megatron's packed format ('thd') has a batch dimension of 1: a packed micro-batc
 rotary positions at every cu_seqlens entry) stay within a document. The boundaries are read off
 the per-document position ids, which restart at 0 for every document and for every row's
 trailing padding (a document of its own that nothing reads), so they stay right after padding
-trimming cuts the rows short.
+trimming cuts the sequence short.
 """
 
 from typing import Dict, List
@@ -14,7 +14,25 @@ from typing import Dict, List
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
+from redi_megatron.sequence_trimming import trim_padding
+
 Batch = Dict[str, torch.Tensor]
+
+
+def thd_micro_batches(micro_batches: List[Batch], multiple: int, same_shape: bool) -> List[Batch]:
+    """Returns packed micro-batches as [1, T] sequences, each cut after its last loss position.
+
+    The cut is rounded up to ``multiple`` (0: no cut). With ``same_shape`` (pipeline schedules
+    exchange activations of one shape per step) every micro-batch gets the same row count and T.
+    """
+    if same_shape:
+        micro_batches = equal_rows(micro_batches)
+    flat = [as_one_sequence(batch) for batch in micro_batches]
+    if not multiple:
+        return flat
+    if same_shape:
+        return trim_padding(flat, multiple)
+    return [trim_padding([batch], multiple)[0] for batch in flat]
 
 
 def as_one_sequence(batch: Batch) -> Batch:
@@ -36,10 +54,7 @@ def packed_seq_params(position_ids: torch.Tensor, device: torch.device) -> Packe
 
 
 def equal_rows(micro_batches: List[Batch]) -> List[Batch]:
-    """Returns the micro-batches with rows of padding appended until all have the same row count.
-
-    Pipeline schedules exchange activations of one fixed shape per step.
-    """
+    """Returns the micro-batches with rows of padding appended until all have the same row count."""
     most = max(batch["tokens"].shape[0] for batch in micro_batches)
     return [_append_padding_rows(batch, most - batch["tokens"].shape[0]) for batch in micro_batches]
 

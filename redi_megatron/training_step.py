@@ -11,7 +11,7 @@ from megatron.core.utils import unwrap_model
 
 from redi_megatron.loss_head import token_logprobs
 from redi_megatron.objectives import STAT_NAMES, compute_objective, summarize_stats
-from redi_megatron.packed_sequences import as_one_sequence, equal_rows, packed_seq_params
+from redi_megatron.packed_sequences import packed_seq_params, thd_micro_batches
 from redi_megatron.sequence_trimming import trim_padding
 
 
@@ -33,7 +33,6 @@ def _forward_step(engine, loss_function: LossFunction, data_iterator, model):
     batch = next(data_iterator)
     packed = None
     if engine.config.data.pack_tokens:
-        batch = as_one_sequence(batch)
         packed = packed_seq_params(batch["position_ids"], engine.device)
     batch = _to_device(batch, engine.device)
     hidden = model(batch["tokens"], batch["position_ids"], None, packed_seq_params=packed)
@@ -47,13 +46,13 @@ def run_schedule(engine, micro_batches: List[Dict[str, torch.Tensor]],
     ``loss_function(engine, model, batch, hidden)`` runs on the last stage and returns
     (numerator, denominator, outputs) as Megatron's ``calculate_per_token_loss`` expects.
     """
-    if engine.config.data.pad_to_multiple_of:
-        micro_batches = trim_padding(micro_batches, engine.sequence_multiple)
-    if engine.config.data.pack_tokens and engine.config.parallel.pipeline > 1:
-        micro_batches = equal_rows(micro_batches)
+    multiple = engine.sequence_multiple if engine.config.data.pad_to_multiple_of else 0
+    if engine.config.data.pack_tokens:
+        micro_batches = thd_micro_batches(micro_batches, multiple,
+                                          same_shape=engine.config.parallel.pipeline > 1)
+    elif multiple:
+        micro_batches = trim_padding(micro_batches, multiple)
     tokens = micro_batches[0]["tokens"]
-    if engine.config.data.pack_tokens:  # the model sees [1, rows * length] (THD)
-        tokens = tokens.reshape(1, -1)
     chunks = engine.chunks
     iterators = [iter(micro_batches) for _ in chunks] if len(chunks) > 1 else iter(micro_batches)
     return get_forward_backward_func()(

@@ -10,7 +10,8 @@ import torch
 from redi_megatron.config import ConfigError, LossConfig, load_config
 from redi_megatron.data.packing import first_fit_decreasing
 from redi_megatron.objectives import compute_objective
-from redi_megatron.packed_sequences import as_one_sequence, equal_rows, packed_seq_params
+from redi_megatron.packed_sequences import (as_one_sequence, equal_rows, packed_seq_params,
+                                            thd_micro_batches)
 from test_data_micro_batches import _loader, _write_shard
 
 PACK = 40
@@ -113,23 +114,29 @@ def test_samples_too_long_to_pack_are_filtered_counted_and_named(tmp_path, caplo
         _loader(prefix, pack_tokens=7)
 
 
-def test_thd_layout_cu_seqlens_and_equal_rows(tmp_path):
+@pytest.mark.parametrize("same_shape", [False, True])
+def test_thd_micro_batches_cu_seqlens_and_shapes(tmp_path, same_shape):
     loader = _loader(_write_shard(tmp_path / "sft", "sft", 24), micro_batch_size=8, global_batch_size=16,
                      pack_tokens=24)
-    batches = equal_rows(loader.next_global_batch() + [loader.next_global_batch()[0]])
-    assert len({b["tokens"].shape for b in batches}) == 1
-    for batch in batches:
-        flat = as_one_sequence(batch)
-        assert flat["tokens"].shape == (1, batch["tokens"].numel())
-        params = packed_seq_params(flat["position_ids"], torch.device("cpu"))
+    rows = loader.next_global_batch() + [loader.next_global_batch()[0]]
+    assert len({batch["tokens"].shape[0] for batch in rows}) > 1
+    batches = thd_micro_batches(rows, 8, same_shape)
+    assert all(batch["tokens"].shape[0] == 1 for batch in batches)
+    assert (len({batch["tokens"].shape for batch in batches}) == 1) == same_shape
+    for batch, unflat in zip(batches, rows):
+        length = batch["tokens"].shape[1]
+        last = int(as_one_sequence(unflat)["loss_mask"][0].nonzero().max())
+        assert length % 8 == 0 and length > last and (same_shape or length < last + 9)
+        params = packed_seq_params(batch["position_ids"], torch.device("cpu"))
         cu = params.cu_seqlens_q.tolist()
         assert params.qkv_format == "thd" and params.cu_seqlens_kv is params.cu_seqlens_q
-        assert cu[0] == 0 and cu[-1] == batch["tokens"].numel()
-        rows, length = batch["tokens"].shape
-        assert set(range(0, rows * length, length)) <= set(cu)  # every row starts a document
+        assert cu[0] == 0 and cu[-1] == length
+        assert set(range(0, length, 24)) <= set(cu)  # every row starts a document
         assert params.max_seqlen_q == max(b - a for a, b in zip(cu, cu[1:]))
-        starts = flat["position_ids"][0] == 0
-        assert starts.nonzero().flatten().tolist() == cu[:-1]
+        for key in ("tokens", "loss_mask", "sequence_ids"):  # the rows laid end to end
+            end_to_end = unflat[key].flatten()
+            common = min(length, end_to_end.numel())
+            assert torch.equal(batch[key][0, :common], end_to_end[:common])
 
 
 def test_pack_tokens_validation_names_the_key():
