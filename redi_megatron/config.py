@@ -35,6 +35,10 @@ class ModelConfig:
     init_method_std: float = 0.02
     # Recompute transformer layers in backward ("full") to trade compute for activation memory.
     recompute: Optional[str] = None
+    # Core attention: auto (Transformer Engine when usable, else sdpa), sdpa (torch's fused
+    # scaled_dot_product_attention / varlen flash on the local layer spec), local (Megatron's
+    # DotProductAttention, [b, heads, s, s] scores), te (the Transformer Engine layer spec).
+    attention: str = "auto"
 
 
 @dataclass
@@ -134,6 +138,7 @@ class RunConfig:
 OBJECTIVES = ("sft", "redi", "symmetric", "simpo", "dpo")
 PRECISIONS = ("auto", "fp32", "bf16")
 FP8_FORMATS = (None, "hybrid", "e4m3")
+ATTENTIONS = ("auto", "sdpa", "local", "te")
 
 
 def _field_types(cls) -> Dict[str, Any]:
@@ -293,6 +298,9 @@ def validate_config(config: RunConfig) -> None:
         raise ConfigError(f"loss.alpha={loss.alpha} must lie in [0, 1]")
     if loss.chunk_size < 1:
         raise ConfigError(f"loss.chunk_size must be >= 1, got {loss.chunk_size}")
+    if config.model.attention not in ATTENTIONS:
+        raise ConfigError(f"model.attention='{config.model.attention}' is not one of "
+                          f"{', '.join(ATTENTIONS)}")
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision='{t.precision}' is not one of {', '.join(PRECISIONS)}")
     if t.fp8 not in FP8_FORMATS:

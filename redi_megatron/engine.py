@@ -113,7 +113,7 @@ def build_engine(config: RunConfig, total_steps: int,
                                  config.train.precision, config.train.fp8)
     padded_vocab = arch.padded_vocab_size(config.model.make_vocab_size_divisible_by,
                                           config.parallel.tensor)
-    chunks = build_model_chunks(arch, tconfig, accelerators, padded_vocab)
+    chunks = build_model_chunks(arch, tconfig, accelerators, padded_vocab, config.model.attention)
     chunks = wrap_in_ddp(chunks, tconfig, config.parallel.distributed_optimizer)
     optimizer, scheduler = build_optimizer(config, chunks, tconfig, total_steps)
     return Engine(config, arch, accelerators, tconfig, chunks, optimizer, scheduler, total_steps)

@@ -46,8 +46,8 @@ def hf_logits(hf_dir: str, tokens: torch.Tensor, config_dir: Optional[str] = Non
         return model(input_ids=tokens).logits.float()
 
 
-def megatron_logits(ckpt_root: str, tokens: torch.Tensor,
-                    iteration: Optional[int] = None) -> torch.Tensor:
+def megatron_logits(ckpt_root: str, tokens: torch.Tensor, iteration: Optional[int] = None,
+                    attention: str = "auto") -> torch.Tensor:
     """Returns our Megatron model's fp32 [b, s, vocab] logits after loading ``ckpt_root``.
 
     The process must be a one-process group (megatron_checkpoint_io.start_single_process).
@@ -58,11 +58,11 @@ def megatron_logits(ckpt_root: str, tokens: torch.Tensor,
     from redi_megatron.qwen.megatron_checkpoint_io import CPU
     from redi_megatron.qwen.model import build_model_chunks, transformer_config
 
-    model_config = ModelConfig(hf_config=os.path.join(ckpt_root, HF_SOURCE_DIR))
+    model_config = ModelConfig(hf_config=os.path.join(ckpt_root, HF_SOURCE_DIR), attention=attention)
     arch = architecture_from_model_config(model_config)
     config = transformer_config(arch, ParallelConfig(), model_config, CPU, "fp32")
     padded = arch.padded_vocab_size(model_config.make_vocab_size_divisible_by, 1)
-    chunks = build_model_chunks(arch, config, CPU, padded)
+    chunks = build_model_chunks(arch, config, CPU, padded, model_config.attention)
     load_checkpoint(ckpt_root, chunks, weights_only=True, iteration=iteration)
     model = chunks[0].eval()
     positions = torch.arange(tokens.shape[1]).expand_as(tokens)

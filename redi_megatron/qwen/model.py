@@ -15,6 +15,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from redi_megatron.config import ConfigError, ModelConfig, ParallelConfig
 from redi_megatron.qwen.architecture import QwenArchitecture
+from redi_megatron.qwen.attention import SdpaAttention, resolve_attention
 from redi_megatron.runtime import Accelerators
 
 
@@ -65,7 +66,7 @@ def transformer_config(
 ) -> TransformerConfig:
     """Returns Megatron's TransformerConfig for this architecture, layout and hardware."""
     dtype = resolve_precision(precision, accelerators)
-    use_te = accelerators.transformer_engine
+    use_te = resolve_attention(model.attention, accelerators) == "te"
     if fp8 and not use_te:
         raise ConfigError(f"train.fp8={fp8} needs Transformer Engine on a GPU; set train.fp8=null")
     if parallel.context > 1 and not use_te:
@@ -117,9 +118,10 @@ def transformer_config(
     )
 
 
-def layer_spec(config: TransformerConfig, accelerators: Accelerators):
-    """Returns the decoder block spec: Transformer Engine's when usable, else Megatron's local one."""
-    if accelerators.transformer_engine:
+def layer_spec(config: TransformerConfig, accelerators: Accelerators, attention: str = "auto"):
+    """Returns the decoder block spec: Transformer Engine's, or Megatron's local one (``attention``)."""
+    attention = resolve_attention(attention, accelerators)
+    if attention == "te":
         layer = get_gpt_layer_with_transformer_engine_spec(normalization="RMSNorm")
         from megatron.core.extensions.transformer_engine import TENorm
 
@@ -128,6 +130,8 @@ def layer_spec(config: TransformerConfig, accelerators: Accelerators):
         layer = get_gpt_layer_local_spec(normalization="RMSNorm")
         layer.submodules.input_layernorm = QwenRMSNorm
         layer.submodules.pre_mlp_layernorm = QwenRMSNorm
+        if attention == "sdpa":
+            layer.submodules.self_attention.submodules.core_attention = SdpaAttention
         final_norm = QwenRMSNorm
     return TransformerBlockSubmodules(layer_specs=[layer] * _layers_per_chunk(config),
                                       layer_norm=final_norm)
@@ -144,13 +148,14 @@ def build_model_chunk(
     accelerators: Accelerators,
     padded_vocab_size: int,
     vp_stage: Optional[int] = None,
+    attention: str = "auto",
 ) -> QwenGPTModel:
     """Returns this rank's QwenGPTModel for pipeline chunk ``vp_stage`` (None without virtual stages)."""
     pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     model = QwenGPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(config, accelerators),
+        transformer_layer_spec=layer_spec(config, accelerators, attention),
         vocab_size=padded_vocab_size,
         max_sequence_length=arch.max_position_embeddings,
         pre_process=pre_process,
@@ -171,8 +176,13 @@ def build_model_chunks(
     config: TransformerConfig,
     accelerators: Accelerators,
     padded_vocab_size: int,
+    attention: str = "auto",
 ) -> List[QwenGPTModel]:
-    """Returns this rank's model chunks: one, or one per virtual pipeline stage."""
+    """Returns this rank's model chunks: one, or one per virtual pipeline stage.
+
+    ``attention`` is ``model.attention`` (redi_megatron.qwen.attention.resolve_attention).
+    """
     virtual = config.virtual_pipeline_model_parallel_size
     stages = range(virtual) if virtual else [None]
-    return [build_model_chunk(arch, config, accelerators, padded_vocab_size, vp) for vp in stages]
+    return [build_model_chunk(arch, config, accelerators, padded_vocab_size, vp, attention)
+            for vp in stages]

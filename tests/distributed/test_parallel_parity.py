@@ -2,7 +2,9 @@
 
 A single-process run fixes the reference: weights (saved as a checkpoint), the gradients of the
 first step and the losses of three optimizer steps, for the SFT and the REDI objectives. Two
-gloo processes then run every layout from the same weights and data.
+gloo processes then run every layout from the same weights and data. Attention is model.attention's
+default (SdpaAttention on CPU) everywhere but in tp2_sp_local_attention, where Megatron's local
+attention must reproduce the SDPA reference.
 """
 
 import os
@@ -25,6 +27,8 @@ OBJECTIVES = {
 LAYOUTS = {
     "tp2": ["parallel.tensor=2"],
     "tp2_sp": ["parallel.tensor=2", "parallel.sequence_parallel=true"],
+    "tp2_sp_local_attention": ["parallel.tensor=2", "parallel.sequence_parallel=true",
+                               "model.attention=local"],
     "pp2": ["parallel.pipeline=2"],
     "pp2_vpp2": ["parallel.pipeline=2", "parallel.virtual_pipeline=2"],
     "dp2": [],
