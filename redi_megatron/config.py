@@ -286,6 +286,10 @@ def validate_config(config: RunConfig) -> None:
     if d.pack_tokens and p.sequence_parallel and d.pack_tokens % p.tensor:
         raise ConfigError(f"data.pack_tokens={d.pack_tokens} must be divisible by "
                           f"parallel.tensor={p.tensor} with sequence parallelism")
+    if d.pack_tokens and config.model.attention == "local":
+        raise ConfigError(f"data.pack_tokens={d.pack_tokens} needs attention that keeps packed documents "
+                          "apart (model.attention=sdpa, te or auto); Megatron's local attention has no "
+                          "packed-sequence path")
     if d.pack_tokens and p.context > 1:
         raise ConfigError(f"data.pack_tokens={d.pack_tokens} with parallel.context={p.context} is not "
                           "supported (packed documents are not split for context parallelism); "

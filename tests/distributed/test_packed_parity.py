@@ -74,8 +74,9 @@ def _assert_same(label, got, want):
                     f"{label}: step {step + 1} {key} {metrics[key]} != padded {value}"
     assert_gradients_close(gradients, ref_gradients, RTOL, label)
     worst = max(float((gradients[k] - g).norm() / g.norm().clamp_min(1e-30)) for k, g in ref_gradients.items())
-    print(f"{label}: losses {[m['loss'] for m in history]}, worst gradient relative error {worst:.1e}",
-          flush=True)
+    if torch.distributed.get_rank() == 0:
+        print(f"{label}: losses {[m['loss'] for m in history]}, worst gradient relative error {worst:.1e}",
+              flush=True)
 
 
 def _reference(rank, world_size, workdir):

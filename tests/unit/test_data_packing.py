@@ -145,3 +145,5 @@ def test_pack_tokens_validation_names_the_key():
     with pytest.raises(ConfigError, match="data.pack_tokens=30 must be divisible by parallel.tensor=4"):
         load_config(None, ["data.pack_tokens=30", "parallel.tensor=4", "parallel.sequence_parallel=true",
                            "data.seq_length=32"])
+    with pytest.raises(ConfigError, match="model.attention=sdpa"):
+        load_config(None, ["data.pack_tokens=64", "model.attention=local"])
