@@ -1,11 +1,16 @@
-"""Benchmarks the loss head alone: chunked (fused) vs full-logits (unfused) weighted cross-entropy.
+"""Benchmarks the loss head alone: the paths training runs against megatron's full-logits one.
 
 Each case is forward + backward of sum_t w_t * -log p(label_t) with random signed weights (none
-zero, so the fused path cannot skip tokens), on [tokens, 1, hidden] hidden states and a
+zero, so the fused paths cannot skip tokens), on [tokens, 1, hidden] hidden states and a
 [vocab / tp, hidden] weight shard. Paths:
-  unfused   matmul -> megatron vocab_parallel_cross_entropy (``unfused_token_logprobs``)
-  fused     ``weighted_token_nll`` (gradients computed in the forward pass)
-  logprobs  ``vocab_parallel_token_logprobs`` then autograd (backward recomputes the logits)
+  unfused   matmul -> megatron vocab_parallel_cross_entropy (``unfused_token_logprobs``;
+            ``loss.fused: false``)
+  weighted  ``weighted_token_nll_and_logprobs``: gradients computed in the forward pass, per-token
+            log-probs returned for the metrics (what sft, redi and symmetric train with)
+  logprobs  ``vocab_parallel_token_logprobs`` then autograd: backward recomputes the logits
+            (what simpo and dpo train with)
+With ``--dtype bf16 --device cuda`` the fused paths run their GEMMs in bf16 with fp32
+accumulation; on CPU they compute in fp32 whatever the input dtype.
 
 The peak memory of each (case, path) is measured in fresh processes (``--tp`` of them, gloo on
 CPU, NCCL on CUDA): on CPU the peak RSS of rank 0 (VmHWM, reset through /proc/self/clear_refs)
@@ -30,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-PATHS = ("unfused", "fused", "logprobs")
+PATHS = ("unfused", "weighted", "logprobs")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -45,7 +50,7 @@ def _parse_args():
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--paths", nargs="+", choices=PATHS, default=["unfused", "fused"])
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     parser.add_argument("--repeats", type=int, default=3)
     return parser.parse_args()
 
@@ -90,8 +95,10 @@ def _step(path, hidden, weight, labels, weights, chunk_size):
     """Runs forward + backward of the weighted NLL; gradients land in .grad."""
     from redi_megatron import weighted_cross_entropy as wce
 
-    if path == "fused":
-        loss = wce.weighted_token_nll(hidden, weight, labels, weights, chunk_size=chunk_size)
+    if path == "weighted":
+        loss, _ = wce.weighted_token_nll_and_logprobs(hidden, weight, labels, weights,
+                                                      logprob_mask=weights != 0,
+                                                      chunk_size=chunk_size)
     elif path == "logprobs":
         logp = wce.vocab_parallel_token_logprobs(hidden, weight, labels, chunk_size=chunk_size)
         loss = -(weights * logp).sum()
@@ -192,6 +199,8 @@ def main():
     header = f"{'tokens':>7} {'vocab':>7} {'path':>9} {'peak MiB':>9} {'time s':>8}"
     if "unfused" in args.paths:
         header += f" {'mem/unf':>8} {'time/unf':>8}"
+    if "logprobs" in args.paths:
+        header += f" {'time/logp':>9}"
     print(header)
     for vocab in args.vocab:
         for tokens in args.tokens:
@@ -201,6 +210,8 @@ def main():
                 if "unfused" in results:
                     unfused_peak, unfused_seconds = results["unfused"]
                     line += f" {peak / unfused_peak:>8.3f} {seconds / unfused_seconds:>8.2f}"
+                if "logprobs" in results:
+                    line += f" {seconds / results['logprobs'][1]:>9.2f}"
                 print(line, flush=True)
 
 

@@ -12,8 +12,10 @@ gradient identical whatever the split into micro-batches, data-parallel, tensor 
 - dpo: -log sigmoid(beta * ((logp_w - ref_w) - (logp_l - ref_l))), ref = offline reference sums.
 
 Pair sequences are interleaved: sequence 2i is the chosen trace of pair i, 2i+1 the rejected one.
-Sequences are padded rows (one per row) or documents of packed rows, told apart per position
-by the micro-batch's ``sequence_ids`` (see redi_megatron.data.packing).
+A sequence is a row, or with packed rows a span named by the micro-batch's ``sequence_ids``.
+For sft, redi and symmetric the numerator is linear in the token log-probs with weights known
+before the forward (``linear_token_weights``), which lets the loss head compute its gradient in
+the forward pass.
 """
 
 from dataclasses import dataclass
@@ -48,24 +50,51 @@ class ObjectiveOutput:
 
 
 def sequence_logprob_sums(token_logprobs: torch.Tensor, loss_mask: torch.Tensor,
-                          sequence_ids: Optional[torch.Tensor] = None, num_sequences=None):
+                          sequence_ids: Optional[torch.Tensor] = None,
+                          num_sequences=None):
     """Returns (sum of completion log-probs [n], completion length [n]) from [b, s] inputs.
 
-    Without ``sequence_ids`` each row is one sequence (n = b). With them, position t adds to
-    sequence ``sequence_ids[t]`` (-1: to none) and n is ``num_sequences`` (default: the largest id + 1).
+    Without ``sequence_ids`` the sequences are the rows (n = b). With them (packed rows),
+    ``sequence_ids[r, t]`` is the index in 0..n-1 of the sequence whose label sits at (r, t), -1
+    where none, and ``num_sequences`` is n (default: the largest id + 1).
     """
     mask = loss_mask.to(token_logprobs.dtype)
     if sequence_ids is None:
         return (token_logprobs * mask).sum(dim=-1), mask.sum(dim=-1)
-    ids = sequence_ids.flatten()
-    if num_sequences is None:
-        num_sequences = int(ids.max()) + 1
-    keep = (ids >= 0).nonzero().flatten()
-    ids = ids.index_select(0, keep)
-    zeros = token_logprobs.new_zeros(int(num_sequences))
-    sums = zeros.index_add(0, ids, (token_logprobs * mask).flatten().index_select(0, keep))
-    lengths = zeros.index_add(0, ids, mask.flatten().index_select(0, keep))
+    orphans = int(((sequence_ids < 0) & (loss_mask > 0)).sum())
+    if orphans:
+        raise ValueError(f"{orphans} completion token(s) have sequence id -1")
+    count = int(num_sequences) if num_sequences is not None else int(sequence_ids.max()) + 1
+    ids = sequence_ids.clamp(min=0).reshape(-1)
+    sums = token_logprobs.new_zeros(count).index_add(0, ids, (token_logprobs * mask).reshape(-1))
+    lengths = mask.new_zeros(count).index_add(0, ids, mask.reshape(-1))
     return sums, lengths
+
+
+def linear_token_weights(objective: str, loss: LossConfig, loss_mask: torch.Tensor,
+                         sequence_ids: Optional[torch.Tensor] = None,
+                         num_sequences=None) -> Optional[torch.Tensor]:
+    """Returns float32 [b, s] weights w with numerator = sum_t w_t * -log p_t, or None.
+
+    sft: 1 per completion token; redi: +1/|y_w| on chosen, -alpha/|y_l| on rejected tokens;
+    symmetric: redi with alpha = 1. None for simpo and dpo: their per-token coefficients depend on
+    the per-sequence log-probs through a sigmoid, so they are unknown until the forward is done.
+    Sequences are as in ``sequence_logprob_sums`` (pair order: chosen 2i, rejected 2i+1).
+    """
+    mask = loss_mask.float()
+    if objective == "sft":
+        return mask
+    if objective not in ("redi", "symmetric"):
+        return None
+    _, lengths = sequence_logprob_sums(mask, loss_mask, sequence_ids, num_sequences)
+    _check_lengths(lengths)
+    _check_even(lengths.numel())
+    scale = torch.ones_like(lengths)
+    scale[1::2] = -(loss.alpha if objective == "redi" else 1.0)
+    per_sequence = scale / lengths
+    if sequence_ids is None:
+        return mask * per_sequence.unsqueeze(-1)
+    return mask * per_sequence[sequence_ids.clamp(min=0)]
 
 
 def _check_lengths(lengths: torch.Tensor) -> None:
@@ -75,6 +104,11 @@ def _check_lengths(lengths: torch.Tensor) -> None:
             f"rows {empty.tolist()} of the micro-batch have no completion tokens (empty after "
             "truncation?); filter them in preprocessing"
         )
+
+
+def _check_even(sequences: int) -> None:
+    if sequences % 2:
+        raise ValueError(f"a pair micro-batch needs an even number of sequences, got {sequences}")
 
 
 def pair_losses(objective: str, logp: torch.Tensor, lengths: torch.Tensor, loss: LossConfig,
@@ -101,30 +135,37 @@ def pair_losses(objective: str, logp: torch.Tensor, lengths: torch.Tensor, loss:
 
 
 def compute_objective(token_logprobs: torch.Tensor, loss_mask: torch.Tensor, loss: LossConfig,
-                      ref_logp: Optional[torch.Tensor] = None, sequence_ids: Optional[torch.Tensor] = None,
-                      num_sequences=None) -> ObjectiveOutput:
-    """Returns the loss numerator, denominator and statistics of one micro-batch."""
-    logp, lengths = sequence_logprob_sums(token_logprobs.float(), loss_mask, sequence_ids, num_sequences)
+                      ref_logp: Optional[torch.Tensor] = None,
+                      sequence_ids: Optional[torch.Tensor] = None, num_sequences=None,
+                      numerator: Optional[torch.Tensor] = None) -> ObjectiveOutput:
+    """Returns the loss numerator, denominator and statistics of one micro-batch.
+
+    ``numerator``, when given, is the loss numerator the loss head already computed with its
+    gradient (sum_t w_t * -log p_t with ``linear_token_weights``); ``token_logprobs`` are then
+    detached and only feed the statistics.
+    """
+    logp, lengths = sequence_logprob_sums(token_logprobs.float(), loss_mask, sequence_ids,
+                                          num_sequences)
     _check_lengths(lengths)
     norm = (logp / lengths).detach()
     tokens = lengths.sum().detach()
     stats = torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=logp.device)
     if loss.objective == "sft":
-        numerator = -logp.sum()
+        own_numerator = -logp.sum()
         denominator = lengths.sum().to(torch.int)
         stats[2] = norm.sum()
         stats[4] = norm.numel()
     else:
-        if logp.numel() % 2:
-            raise ValueError(f"a pair micro-batch needs an even number of rows, got {logp.numel()}")
+        _check_even(logp.numel())
         losses = pair_losses(loss.objective, logp, lengths, loss, ref_logp)
-        numerator = losses.sum()
+        own_numerator = losses.sum()
         denominator = torch.tensor(losses.numel(), dtype=torch.int, device=logp.device)
         stats[2] = norm[0::2].sum()
         stats[3] = norm[1::2].sum()
         stats[4] = losses.numel()
         stats[5] = losses.numel()
         stats[6] = (norm[0::2] > norm[1::2]).sum()
+    numerator = own_numerator if numerator is None else numerator
     stats[0] = numerator.detach()
     stats[1] = denominator
     stats[7] = tokens

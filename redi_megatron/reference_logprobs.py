@@ -16,7 +16,8 @@ from redi_megatron.training_step import run_schedule
 
 
 def _sequence_sums(engine, model, batch, output_tensor):
-    logp = token_logprobs(model, output_tensor, batch["labels"], engine.config.loss)
+    logp = token_logprobs(model, output_tensor, batch["labels"], engine.config.loss,
+                          engine.arch.vocab_size)
     sums, _ = sequence_logprob_sums(logp, batch["loss_mask"], batch.get("sequence_ids"),
                                     batch.get("num_sequences"))
     zero = sums.sum() * 0.0

@@ -9,8 +9,8 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import unwrap_model
 
-from redi_megatron.loss_head import token_logprobs
-from redi_megatron.objectives import STAT_NAMES, compute_objective, summarize_stats
+from redi_megatron.loss_head import objective_output
+from redi_megatron.objectives import STAT_NAMES, summarize_stats
 from redi_megatron.packed_sequences import packed_seq_params, thd_micro_batches
 from redi_megatron.sequence_trimming import trim_padding
 
@@ -23,9 +23,7 @@ def _to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str
 
 
 def _objective_loss(engine, model, batch, output_tensor):
-    logp = token_logprobs(model, output_tensor, batch["labels"], engine.config.loss)
-    out = compute_objective(logp, batch["loss_mask"], engine.config.loss, batch.get("ref_logps"),
-                            batch.get("sequence_ids"), batch.get("num_sequences"))
+    out = objective_output(model, output_tensor, batch, engine.config.loss, engine.arch.vocab_size)
     return out.numerator, out.denominator, {"stats": out.stats}
 
 

@@ -18,7 +18,8 @@ from harness import (TINY_MODEL, assert_gradients_close, full_gradients, run_spa
 SEQ_LENGTH = 32
 STEPS = 3
 OBJECTIVES = {
-    # SFT through the unfused loss head, REDI through the fused chunked one (chunk < tokens).
+    # SFT through the unfused loss head, REDI through the fused gradient-in-forward one (chunk <
+    # tokens).
     "sft": dict(kind="sft", rows=4, rows_per_micro_batch=1, extra=["loss.fused=false"]),
     "redi": dict(kind="pairs", rows=8, rows_per_micro_batch=2,
                  extra=["loss.objective=redi", "loss.alpha=0.8", "loss.fused=true",

@@ -93,6 +93,40 @@ def _check_out_of_range_uses_full_vocab(rank):
         vocab_parallel_token_logprobs(local_hidden, local_weight, labels)
 
 
+def _check_padded_vocab(rank, vocab_size):
+    """The last VOCAB - vocab_size rows are padding (random, so that any leak shows)."""
+    from redi_megatron import weighted_cross_entropy as wce
+
+    hidden, weight, labels, weights = _full_problem()
+    labels = labels % vocab_size
+    real = weight[:vocab_size].clone().requires_grad_()
+    full_hidden = hidden.clone().requires_grad_()
+    expected = _reference_logprobs(full_hidden, real, labels)
+    expected_grad_hidden, expected_grad_real = torch.autograd.grad(-(weights * expected).sum(),
+                                                                   (full_hidden, real))
+    vocab_shard = VOCAB // TP
+    start = rank * vocab_shard
+    owned_real = max(min(vocab_size - start, vocab_shard), 0)
+    layout = f"TP={TP} vocab {vocab_size} of {VOCAB}"
+    paths = {
+        "fused": lambda h, w: -(weights * wce.vocab_parallel_token_logprobs(
+            h, w, labels, chunk_size=CHUNK, vocab_size=vocab_size)).sum(),
+        "unfused": lambda h, w: -(weights * wce.unfused_token_logprobs(
+            h, w, labels, vocab_size=vocab_size)).sum(),
+        "weighted": lambda h, w: wce.weighted_token_nll(h, w, labels, weights, chunk_size=CHUNK,
+                                                        vocab_size=vocab_size),
+    }
+    for name, path in paths.items():
+        local_hidden, local_weight = _local_inputs(hidden, weight, rank, False)
+        loss = path(local_hidden, local_weight)
+        grad_hidden, grad_weight = torch.autograd.grad(loss, (local_hidden, local_weight))
+        _assert_close(loss, -(weights * expected).sum(), f"{layout} {name} loss")
+        _assert_close(grad_hidden, expected_grad_hidden, f"{layout} {name} grad hidden")
+        _assert_close(grad_weight[:owned_real], expected_grad_real[start:start + owned_real],
+                      f"{layout} {name} grad weight")
+        assert torch.all(grad_weight[owned_real:] == 0), f"{layout} {name}: padded rows' grad"
+
+
 def _worker(rank, world_size):
     import torch.distributed as dist
     from megatron.core import parallel_state
@@ -112,6 +146,9 @@ def _worker(rank, world_size):
     _check_layout(rank, True, problem, reference,
                   parallel_state.get_tensor_model_parallel_group())
     _check_out_of_range_uses_full_vocab(rank)
+    # Rank 1's rows: some real, then none at all.
+    _check_padded_vocab(rank, VOCAB - 20)
+    _check_padded_vocab(rank, VOCAB // TP - 3)
 
 
 @pytest.mark.timeout(120)

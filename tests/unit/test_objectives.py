@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from redi_megatron.config import LossConfig
-from redi_megatron.objectives import compute_objective, summarize_stats
+from redi_megatron.objectives import (compute_objective, linear_token_weights,
+                                      sequence_logprob_sums, summarize_stats)
 
 ROWS, SEQ, VOCAB = 6, 12, 40
 
@@ -118,3 +119,75 @@ def test_empty_completion_and_missing_reference_are_clear_errors():
     logits, labels, mask, _ = _data()
     with pytest.raises(ValueError, match="reference log-probs"):
         _ours("dpo", logits, labels, mask, None, LossConfig(objective="dpo"))
+
+
+def _packed(tensor, fill):
+    """Returns [ROWS, SEQ] rows packed three to a row ([ROWS / 3, 3 * SEQ + 2]), then ``fill``."""
+    rows = tensor.reshape(ROWS // 3, 3 * SEQ)
+    return torch.cat([rows, torch.full((ROWS // 3, 2), fill, dtype=tensor.dtype)], dim=1)
+
+
+def _packing():
+    """Returns [ROWS / 3, 3 * SEQ + 2] sequence ids of ``_packed`` rows: -1 on the padding."""
+    ids = torch.arange(ROWS).repeat_interleave(SEQ).reshape(ROWS, SEQ)
+    return _packed(ids, -1)
+
+
+@pytest.mark.parametrize("objective", ["sft", "redi", "symmetric", "simpo", "dpo"])
+def test_packed_sequences_give_the_padded_objective(objective):
+    loss = LossConfig(objective=objective, alpha=0.8)
+    logits, labels, mask, ref = _data(4)
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    padded = compute_objective(_token_logprobs(a, labels), mask, loss, ref)
+    packed = compute_objective(_packed(_token_logprobs(b, labels), 0.0), _packed(mask, 0.0),
+                               loss, ref, sequence_ids=_packing(), num_sequences=ROWS)
+    torch.testing.assert_close(packed.numerator, padded.numerator, rtol=1e-6, atol=1e-6)
+    assert packed.denominator == padded.denominator
+    torch.testing.assert_close(packed.stats[:8], padded.stats[:8], rtol=1e-6, atol=1e-6)
+    packed.numerator.backward()
+    padded.numerator.backward()
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_sequence_sums_without_ids_are_row_sums():
+    logits, labels, mask, _ = _data()
+    logp = _token_logprobs(logits, labels)
+    sums, lengths = sequence_logprob_sums(logp, mask)
+    torch.testing.assert_close(sums, (logp * mask).sum(-1))
+    torch.testing.assert_close(lengths, mask.sum(-1))
+    ids = torch.arange(ROWS).unsqueeze(-1).expand(ROWS, SEQ)
+    with_ids = sequence_logprob_sums(logp, mask, ids, ROWS)
+    torch.testing.assert_close(with_ids[0], sums)
+    torch.testing.assert_close(with_ids[1], lengths)
+    orphan = ids.clone()
+    orphan[0, SEQ // 2] = -1
+    with pytest.raises(ValueError, match="1 completion token"):
+        sequence_logprob_sums(logp, mask, orphan, ROWS)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("objective", ["sft", "redi", "symmetric"])
+def test_linear_token_weights_give_the_numerator_and_its_gradient(objective, packed):
+    loss = LossConfig(objective=objective, alpha=0.7)
+    logits, labels, mask, _ = _data(5)
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    expected = compute_objective(_token_logprobs(a, labels), mask, loss).numerator
+    logp, packing = _token_logprobs(b, labels), {}
+    if packed:
+        logp, mask = _packed(logp, 0.0), _packed(mask, 0.0)
+        packing = dict(sequence_ids=_packing(), num_sequences=ROWS)
+    weights = linear_token_weights(objective, loss, mask, **packing)
+    assert weights.dtype == torch.float32 and weights.shape == mask.shape
+    got = (weights * -logp).sum()
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    got.backward()
+    expected.backward()
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("objective", ["simpo", "dpo"])
+def test_nonlinear_objectives_have_no_token_weights(objective):
+    _, _, mask, _ = _data()
+    assert linear_token_weights(objective, LossConfig(objective=objective), mask) is None

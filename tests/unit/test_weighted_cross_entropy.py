@@ -175,3 +175,119 @@ def test_mismatched_label_shape_raises():
     hidden, weight, labels, _ = _inputs()
     with pytest.raises(ValueError, match="labels have shape"):
         vocab_parallel_token_logprobs(hidden, weight, labels.t())
+
+
+PADDED_VOCAB = 64
+
+
+def _padded_inputs(seed=1):
+    """Returns inputs whose weight has PADDED_VOCAB rows of which the first VOCAB are real ids.
+
+    The padded rows are random, not zero, so that any of them entering the softmax shows.
+    """
+    hidden, weight, labels, weights = _inputs(seed=seed)
+    extra = torch.randn(PADDED_VOCAB - VOCAB, HIDDEN, generator=torch.Generator().manual_seed(9))
+    padded = torch.cat([weight.detach(), extra]).requires_grad_()
+    return hidden, padded, labels, weights
+
+
+def _padded_paths(hidden, weight, labels, weights, **options):
+    """Returns {path: (log-probs, loss to differentiate)} of every loss-head path."""
+    from redi_megatron import weighted_cross_entropy as wce
+
+    fused = wce.vocab_parallel_token_logprobs(hidden, weight, labels, chunk_size=8,
+                                              vocab_size=VOCAB, **options)
+    unfused = wce.unfused_token_logprobs(hidden, weight, labels, vocab_size=VOCAB)
+    loss, logp = wce.weighted_token_nll_and_logprobs(hidden, weight, labels, weights,
+                                                     chunk_size=8, vocab_size=VOCAB, **options)
+    return {"fused": (fused, -(weights * fused).sum()),
+            "unfused": (unfused, -(weights * unfused).sum()),
+            "weighted": (logp, loss)}
+
+
+def test_padded_vocab_rows_stay_out_of_the_softmax_and_get_zero_gradient():
+    hidden, weight, labels, weights = _padded_inputs()
+    real = weight.detach()[:VOCAB].clone().requires_grad_()
+    expected = _reference_logprobs(hidden, real, labels)
+    expected_grads = _grads(-(weights * expected).sum(), hidden, real)
+    computed = weights != 0
+    for path, (logp, loss) in _padded_paths(hidden, weight, labels, weights).items():
+        if path == "weighted":
+            _assert_close(logp[computed], expected[computed])
+        else:
+            _assert_close(logp, expected)
+        grad_hidden, grad_weight = _grads(loss, hidden, weight)
+        assert torch.all(grad_weight[VOCAB:] == 0), path
+        _assert_close(grad_hidden, expected_grads[0])
+        _assert_close(grad_weight[:VOCAB], expected_grads[1])
+
+
+@pytest.mark.parametrize("path", ["fused", "weighted", "unfused"])
+def test_labels_of_padded_ids_raise(path):
+    from redi_megatron import weighted_cross_entropy as wce
+
+    hidden, weight, labels, weights = _padded_inputs()
+    labels[0, 3] = VOCAB
+    calls = {
+        "fused": lambda: wce.vocab_parallel_token_logprobs(hidden, weight, labels,
+                                                           vocab_size=VOCAB),
+        "weighted": lambda: wce.weighted_token_nll(hidden, weight, labels, weights,
+                                                   vocab_size=VOCAB),
+        "unfused": lambda: wce.unfused_token_logprobs(hidden, weight, labels, vocab_size=VOCAB),
+    }
+    with pytest.raises(ValueError, match=rf"1 label\(s\) outside \[0, {VOCAB}\)"):
+        calls[path]()
+
+
+def test_weighted_path_returns_the_log_probs_it_computes():
+    from redi_megatron.weighted_cross_entropy import (weighted_token_nll,
+                                                      weighted_token_nll_and_logprobs)
+
+    hidden, weight, labels, weights = _inputs()
+    # Row 1 asks for log-probs at weight 0 (REDI's rejected trace at alpha = 0).
+    weights[1] = 0.0
+    mask = torch.zeros_like(weights, dtype=torch.bool)
+    mask[:, 6:] = True
+    loss, logp = weighted_token_nll_and_logprobs(hidden, weight, labels, weights,
+                                                 logprob_mask=mask, chunk_size=5)
+    expected = _reference_logprobs(hidden, weight, labels)
+    assert not logp.requires_grad and logp.dtype == torch.float32
+    _assert_close(logp[mask], expected[mask])
+    assert torch.all(logp[~mask] == 0)
+    plain = weighted_token_nll(hidden, weight, labels, weights, chunk_size=5)
+    _assert_close(loss, plain)
+    grads = _grads(loss, hidden, weight)
+    for actual, reference in zip(grads, _grads(plain, hidden, weight)):
+        _assert_close(actual, reference)
+    assert torch.all(grads[0][:, 1] == 0)
+
+
+def test_model_dtype_gemm_branch_matches_fp32_within_bf16_rounding():
+    """The GPU branch (bf16 GEMMs, fp32 accumulation and softmax), forced on CPU."""
+    from redi_megatron.weighted_cross_entropy import _VocabShard
+
+    hidden, weight, labels, weights = _padded_inputs()
+    hidden = hidden.detach().to(torch.bfloat16).requires_grad_()
+    weight = weight.detach().to(torch.bfloat16).requires_grad_()
+    # fp32 reference on the same bf16-rounded values.
+    hidden32 = hidden.detach().float().requires_grad_()
+    real32 = weight.detach()[:VOCAB].float().requires_grad_()
+    expected = _reference_logprobs(hidden32, real32, labels)
+    expected_grads = _grads(-3 * (weights * expected).sum(), hidden32, real32)
+
+    group = torch.distributed.group.WORLD
+    assert _VocabShard(weight, group, VOCAB, True).weight.data_ptr() == weight.data_ptr()
+    computed = weights != 0
+    for path, (logp, loss) in _padded_paths(hidden, weight, labels, weights,
+                                            low_precision=True).items():
+        if path == "unfused":
+            continue
+        # Logits are exact products of bf16 values summed in fp32: log-probs stay fp32-accurate.
+        _assert_close(logp[computed], expected[computed])
+        grad_hidden, grad_weight = _grads(3 * loss, hidden, weight)
+        assert grad_hidden.dtype == grad_weight.dtype == torch.bfloat16
+        assert torch.all(grad_weight[VOCAB:] == 0), path
+        # The softmax gradient is rounded to bf16 before the GEMMs (relative 2^-9 per element).
+        torch.testing.assert_close(grad_hidden.float(), expected_grads[0], rtol=2e-2, atol=2e-3)
+        torch.testing.assert_close(grad_weight[:VOCAB].float(), expected_grads[1], rtol=2e-2,
+                                   atol=2e-3)
