@@ -63,6 +63,10 @@ class DataConfig:
     micro_batch_size: int = 1
     global_batch_size: int = 8
     seed: int = 1234
+    # When > 0, each micro-batch's samples are packed whole (a pair's chosen and rejected traces
+    # in one row, each its own document) into rows of this many tokens instead of one padded row
+    # per sequence; attention and RoPE stay within each document. 0: padded rows.
+    pack_tokens: int = 0
 
 
 @dataclass
@@ -277,6 +281,19 @@ def validate_config(config: RunConfig) -> None:
             f"data.seq_length={d.seq_length} must be divisible by parallel.tensor={p.tensor} "
             "with sequence parallelism"
         )
+    if d.pack_tokens < 0:
+        raise ConfigError(f"data.pack_tokens must be >= 0 (0 = padded rows), got {d.pack_tokens}")
+    if d.pack_tokens and p.sequence_parallel and d.pack_tokens % p.tensor:
+        raise ConfigError(f"data.pack_tokens={d.pack_tokens} must be divisible by "
+                          f"parallel.tensor={p.tensor} with sequence parallelism")
+    if d.pack_tokens and config.model.attention == "local":
+        raise ConfigError(f"data.pack_tokens={d.pack_tokens} needs attention that keeps packed documents "
+                          "apart (model.attention=sdpa, te or auto); Megatron's local attention has no "
+                          "packed-sequence path")
+    if d.pack_tokens and p.context > 1:
+        raise ConfigError(f"data.pack_tokens={d.pack_tokens} with parallel.context={p.context} is not "
+                          "supported (packed documents are not split for context parallelism); "
+                          "set data.pack_tokens=0 or parallel.context=1")
     if d.pad_to_multiple_of < 0:
         raise ConfigError(f"data.pad_to_multiple_of must be >= 0, got {d.pad_to_multiple_of}")
     if loss.objective not in OBJECTIVES:

@@ -18,16 +18,17 @@ from redi_megatron.training_step import run_schedule
 def _sequence_sums(engine, model, batch, output_tensor):
     logp = token_logprobs(model, output_tensor, batch["labels"], engine.config.loss,
                           engine.arch.vocab_size)
-    sums, _ = sequence_logprob_sums(logp, batch["loss_mask"])
+    sums, _ = sequence_logprob_sums(logp, batch["loss_mask"], batch.get("sequence_ids"),
+                                    batch.get("num_sequences"))
     zero = sums.sum() * 0.0
     return zero, torch.tensor(1, dtype=torch.int, device=sums.device), {"sums": sums.detach()}
 
 
 def _rank_sums(engine, micro_batch) -> torch.Tensor:
-    """Returns this DP rank's per-row completion log-prob sums, on every pipeline stage."""
+    """Returns this DP rank's per-sequence completion log-prob sums, on every pipeline stage."""
     store = run_schedule(engine, [micro_batch], _sequence_sums, forward_only=True)
-    rows = micro_batch["tokens"].shape[0]
-    sums = store[0]["sums"].double() if store else torch.zeros(rows, dtype=torch.float64,
+    sequences = int(micro_batch.get("num_sequences", micro_batch["tokens"].shape[0]))
+    sums = store[0]["sums"].double() if store else torch.zeros(sequences, dtype=torch.float64,
                                                                 device=engine.device)
     torch.distributed.all_reduce(sums, group=parallel_state.get_pipeline_model_parallel_group())
     return sums
@@ -36,8 +37,8 @@ def _rank_sums(engine, micro_batch) -> torch.Tensor:
 def compute_reference_logprobs(config: RunConfig) -> str:
     """Returns the path of <data.path>.ref_logps.npy written from checkpoint.load's weights.
 
-    Rows follow the shard's pair order; pairs too long for data.seq_length get NaN (the loader
-    never serves them).
+    Rows follow the shard's pair order; pairs too long for data.seq_length (or data.pack_tokens)
+    get NaN (the loader never serves them).
     """
     from redi_megatron.data.micro_batches import MicroBatchLoader
 
@@ -49,7 +50,8 @@ def compute_reference_logprobs(config: RunConfig) -> str:
     per_rank = config.data.micro_batch_size
     loader = MicroBatchLoader(config.data.path, seq_length=config.data.seq_length,
                               micro_batch_size=per_rank, global_batch_size=per_rank * dp_size,
-                              dp_rank=dp_rank, dp_size=dp_size, seed=0)
+                              dp_rank=dp_rank, dp_size=dp_size, seed=0,
+                              pack_tokens=config.data.pack_tokens)
     if loader.kind != "pairs":
         raise ConfigError(f"data.path={config.data.path} holds '{loader.kind}' shards, not pairs")
     engine = build_engine(config, total_steps=1, started=(arch, accelerators))

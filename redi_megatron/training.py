@@ -48,6 +48,7 @@ def build_loader(config: RunConfig, arch):
         dp_rank=parallel_state.get_data_parallel_rank(),
         dp_size=parallel_state.get_data_parallel_world_size(),
         seed=config.data.seed,
+        pack_tokens=config.data.pack_tokens,
     )
     wanted = "pairs" if config.loss.objective in PAIR_OBJECTIVES else "sft"
     if loader.kind != wanted:

@@ -11,6 +11,7 @@ from megatron.core.utils import unwrap_model
 
 from redi_megatron.loss_head import objective_output
 from redi_megatron.objectives import STAT_NAMES, summarize_stats
+from redi_megatron.packed_sequences import packed_seq_params, thd_micro_batches
 from redi_megatron.sequence_trimming import trim_padding
 
 
@@ -27,8 +28,12 @@ def _objective_loss(engine, model, batch, output_tensor):
 
 
 def _forward_step(engine, loss_function: LossFunction, data_iterator, model):
-    batch = _to_device(next(data_iterator), engine.device)
-    hidden = model(batch["tokens"], batch["position_ids"], None)
+    batch = next(data_iterator)
+    packed = None
+    if engine.config.data.pack_tokens:
+        packed = packed_seq_params(batch["position_ids"], engine.device)
+    batch = _to_device(batch, engine.device)
+    hidden = model(batch["tokens"], batch["position_ids"], None, packed_seq_params=packed)
     return hidden, partial(loss_function, engine, unwrap_model(model), batch)
 
 
@@ -39,8 +44,12 @@ def run_schedule(engine, micro_batches: List[Dict[str, torch.Tensor]],
     ``loss_function(engine, model, batch, hidden)`` runs on the last stage and returns
     (numerator, denominator, outputs) as Megatron's ``calculate_per_token_loss`` expects.
     """
-    if engine.config.data.pad_to_multiple_of:
-        micro_batches = trim_padding(micro_batches, engine.sequence_multiple)
+    multiple = engine.sequence_multiple if engine.config.data.pad_to_multiple_of else 0
+    if engine.config.data.pack_tokens:
+        micro_batches = thd_micro_batches(micro_batches, multiple,
+                                          same_shape=engine.config.parallel.pipeline > 1)
+    elif multiple:
+        micro_batches = trim_padding(micro_batches, multiple)
     tokens = micro_batches[0]["tokens"]
     chunks = engine.chunks
     iterators = [iter(micro_batches) for _ in chunks] if len(chunks) > 1 else iter(micro_batches)

@@ -39,6 +39,9 @@ class DaliMicroBatchLoader:
     def __init__(self, loader: MicroBatchLoader, device_id: int):
         from nvidia.dali import fn, pipeline_def
 
+        if loader.pack_tokens:
+            raise ValueError("the DALI backend serves padded rows only; set data.pack_tokens=0 or use the "
+                             "plain loader")
         self.loader = loader
         self.dataset, self.kind, self.num_microbatches = loader.dataset, loader.kind, loader.num_microbatches
         self._pending: list[dict] = []

@@ -1,4 +1,4 @@
-"""Micro-batches for the training loop, from a token shard: padded rows with labels and completion masks."""
+"""Micro-batches for the training loop, from a token shard: padded or packed rows with labels and completion masks."""
 
 import logging
 from pathlib import Path
@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from redi_megatron.config import ConfigError
+from redi_megatron.data.packing import packed_micro_batch
 from redi_megatron.data.sampler import GlobalBatchSampler
 from redi_megatron.data.token_shards import TokenShards
 
@@ -15,17 +17,23 @@ logger = logging.getLogger(__name__)
 class ShardDataset:
     """The samples of a shard whose every row (prompt + completion) fits in seq_length.
 
-    Over-long samples are filtered out, never truncated: a truncated trace would lose its answer
-    and its end-of-turn token. ``metadata`` is the shard's (vocab_size, eos_id, pad_id, ...).
+    With ``pack_tokens`` > 0 a sample's rows together (they share one packed row) must also fit
+    in pack_tokens. Over-long samples are filtered out, never truncated: a truncated trace would
+    lose its answer and its end-of-turn token. ``metadata`` is the shard's (vocab_size, eos_id, ...).
     """
 
-    def __init__(self, prefix: str | Path, seq_length: int):
+    def __init__(self, prefix: str | Path, seq_length: int, pack_tokens: int = 0):
         self.shards = TokenShards(prefix)
         self.kind = self.shards.kind
         self.metadata = self.shards.metadata
         row_lengths = self.shards.prompt_lengths()[:, None] + self.shards.completion_lengths()
-        self.indices = np.flatnonzero((row_lengths <= seq_length).all(axis=1))
-        self.num_too_long = len(self.shards) - len(self.indices)
+        fits = (row_lengths <= seq_length).all(axis=1)
+        self.num_too_long = int((~fits).sum())
+        if pack_tokens:
+            fits_row = row_lengths.sum(axis=1) <= pack_tokens
+            self.num_too_long_to_pack = int((fits & ~fits_row).sum())
+            fits &= fits_row
+        self.indices = np.flatnonzero(fits)
         ref_path = Path(f"{prefix}.ref_logps.npy")
         self.ref_logps = np.load(ref_path) if ref_path.exists() else None
         if self.ref_logps is not None and self.ref_logps.shape != (len(self.shards), 2):
@@ -51,18 +59,27 @@ class MicroBatchLoader:
     """
 
     def __init__(self, prefix: str, seq_length: int, micro_batch_size: int, global_batch_size: int,
-                 dp_rank: int, dp_size: int, seed: int, consumed_samples: int = 0):
+                 dp_rank: int, dp_size: int, seed: int, consumed_samples: int = 0, pack_tokens: int = 0):
         if global_batch_size % (micro_batch_size * dp_size):
             raise ValueError(f"global_batch_size {global_batch_size} is not divisible by micro_batch_size "
                              f"{micro_batch_size} x dp_size {dp_size} = {micro_batch_size * dp_size}")
-        self.dataset = ShardDataset(prefix, seq_length)
+        self.dataset = ShardDataset(prefix, seq_length, pack_tokens)
         self.kind = self.dataset.kind
         logger.info("%s: %d of %d %s samples are longer than seq_length %d and were filtered out",
                     prefix, self.dataset.num_too_long, len(self.dataset.shards), self.kind, seq_length)
+        if pack_tokens:
+            logger.info("%s: %d more samples do not fit in one row of pack_tokens %d and were filtered out",
+                        prefix, self.dataset.num_too_long_to_pack, pack_tokens)
         if not len(self.dataset):
-            raise ValueError(f"{prefix}: no sample fits in seq_length {seq_length} "
-                             f"({self.dataset.num_too_long} are longer)")
+            if pack_tokens and self.dataset.num_too_long_to_pack:
+                raise ConfigError(f"{prefix}: no sample fits in data.pack_tokens={pack_tokens} "
+                                  f"({self.dataset.num_too_long_to_pack} samples' rows together are longer, "
+                                  f"{self.dataset.num_too_long} have a row longer than data.seq_length="
+                                  f"{seq_length}); raise data.pack_tokens")
+            raise ConfigError(f"{prefix}: no sample fits in data.seq_length={seq_length} "
+                              f"({self.dataset.num_too_long} are longer)")
         self.seq_length = seq_length
+        self.pack_tokens = pack_tokens
         self.micro_batch_size = micro_batch_size
         self.num_microbatches = global_batch_size // (micro_batch_size * dp_size)
         self.sampler = GlobalBatchSampler(len(self.dataset), global_batch_size, dp_rank, dp_size, seed)
@@ -82,7 +99,18 @@ class MicroBatchLoader:
                 for i in range(0, len(share), self.micro_batch_size)]
 
     def micro_batch(self, samples: np.ndarray) -> dict[str, torch.Tensor]:
-        """Return the padded tensors of the given dataset samples (pairs: chosen, rejected adjacent)."""
+        """Return the tensors of the given dataset samples: packed rows, or padded rows (pairs: chosen, rejected adjacent)."""
+        if self.pack_tokens:
+            batch = packed_micro_batch([self.dataset.rows(int(i)) for i in samples], self.pack_tokens, self.pad_id)
+        else:
+            batch = self.padded_micro_batch(samples)
+        if self.kind == "pairs" and self.dataset.ref_logps is not None:
+            ref = np.concatenate([self.dataset.row_ref_logps(int(i)) for i in samples]).astype(np.float32)
+            batch["ref_logps"] = torch.from_numpy(ref)
+        return batch
+
+    def padded_micro_batch(self, samples: np.ndarray) -> dict[str, torch.Tensor]:
+        """Return one row of seq_length per sequence of the given samples, right-padded."""
         rows = [row for i in samples for row in self.dataset.rows(int(i))]
         tokens = np.full((len(rows), self.seq_length), self.pad_id, np.int64)
         labels = np.full((len(rows), self.seq_length), self.pad_id, np.int64)
@@ -94,16 +122,12 @@ class MicroBatchLoader:
             labels[r, :length - 1] = tokens[r, 1:length]
             # Position t predicts token t + 1: the completion is predicted from the last prompt position.
             loss_mask[r, len(prompt) - 1:length - 1] = 1.0
-        batch = {
+        return {
             "tokens": torch.from_numpy(tokens),
             "labels": torch.from_numpy(labels),
             "loss_mask": torch.from_numpy(loss_mask),
             "position_ids": torch.arange(self.seq_length, dtype=torch.int64).expand(len(rows), -1).contiguous(),
         }
-        if self.kind == "pairs" and self.dataset.ref_logps is not None:
-            ref = np.concatenate([self.dataset.row_ref_logps(int(i)) for i in samples]).astype(np.float32)
-            batch["ref_logps"] = torch.from_numpy(ref)
-        return batch
 
     def state_dict(self) -> dict:
         """Return the JSON-serialisable resume state."""

@@ -31,7 +31,10 @@ def _runs(rank, world_size, workdir, objective_overrides, data, results):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("kind,objective", [("sft", []), ("pairs", ["loss.objective=redi"])])
+@pytest.mark.parametrize("kind,objective", [
+    ("sft", []), ("pairs", ["loss.objective=redi"]),
+    ("pairs", ["loss.objective=redi", "data.pack_tokens=64", "model.attention=sdpa"]),
+], ids=["sft", "redi", "redi_packed"])
 def test_resume_continues_exactly(tmp_path, kind, objective):
     import torch
 

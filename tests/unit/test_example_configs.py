@@ -25,6 +25,9 @@ def test_example_config_validates(path):
     assert config.model.overrides == {"rope_theta": 300000, "max_position_embeddings": 32768}
     if config.loss.objective == "redi":
         assert config.loss.alpha == 0.8 and config.optim.lr == 1e-6
+    # Packing drops no sample that the paper's seq_length filter keeps: a pair needs both traces.
+    documents = 1 if config.loss.objective == "sft" else 2
+    assert config.data.pack_tokens >= documents * config.data.seq_length
     if "_7b_" in path:
         # 28 query heads and 4 KV groups: TP must divide both.
         assert 28 % config.parallel.tensor == 0 and 4 % config.parallel.tensor == 0
