@@ -30,6 +30,15 @@ def resolve_scale(cpu: bool, tiny: bool) -> Scale:
     return Scale(tiny=tiny, device=torch.device("cpu" if cpu else "cuda"))
 
 
+def start_single_process() -> None:
+    """Initialises a one-process group (NCCL on CUDA, gloo on CPU) and TP=1/PP=1 Megatron state."""
+    from redi_megatron import runtime
+    from redi_megatron.config import ParallelConfig
+
+    runtime.init_distributed(runtime.detect_accelerators())
+    runtime.init_parallel_state(ParallelConfig(), seed=0)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()

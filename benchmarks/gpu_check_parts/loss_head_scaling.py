@@ -2,7 +2,8 @@
 
 Forward + backward of the REDI-weighted token NLL (signed weights, none zero) on [tokens, 1, h]
 hidden states and a [vocab, h] weight, along three paths:
-  package   the head the training loop runs (redi_megatron.loss_head.token_nll)
+  package   the head the training loop runs for sft/redi/symmetric (gradient in the forward pass:
+            weighted_token_nll_and_logprobs, GEMMs in bf16 with fp32 accumulation)
   megatron  full logits, then Megatron's vocab_parallel_cross_entropy (the unfused path)
   liger     Liger's fused linear cross-entropy, when liger-kernel is installed (it takes one
             weight per token only as a mean, so it runs the unweighted loss: memory/time peer)
@@ -13,7 +14,7 @@ from typing import Dict, List
 
 import torch
 
-from common import PeakMemory, Scale, gib, median_seconds
+from common import PeakMemory, Scale, gib, median_seconds, start_single_process
 
 VOCAB = 151936
 
@@ -35,12 +36,13 @@ def _inputs(tokens: int, hidden: int, vocab: int, dtype, device):
 
 
 def _step(path: str, states, weight, labels, weights, vocab: int):
-    from redi_megatron.loss_head import weighted_token_nll_loss
-    from redi_megatron.weighted_cross_entropy import unfused_token_logprobs
+    from redi_megatron.weighted_cross_entropy import (unfused_token_logprobs,
+                                                      weighted_token_nll_and_logprobs)
 
     states.grad = weight.grad = None
     if path == "package":
-        loss = weighted_token_nll_loss(states, weight, labels, weights, vocab_size=vocab)
+        loss, _ = weighted_token_nll_and_logprobs(states, weight, labels, weights,
+                                                  vocab_size=vocab)
     elif path == "megatron":
         loss = -(weights * unfused_token_logprobs(states, weight, labels)).sum()
     else:
@@ -61,6 +63,7 @@ def _paths() -> List[str]:
 
 def run(scale: Scale) -> Dict:
     """Returns per (tokens, hidden, path): peak extra memory, median fwd+bwd time, ratios."""
+    start_single_process()
     dtype = torch.float32 if scale.device.type == "cpu" else torch.bfloat16
     rows = []
     for tokens, hidden, vocab in _cases(scale):
