@@ -150,32 +150,19 @@ def transformer_config(
     )
 
 
-def te_layer_spec_kwargs() -> dict:
-    """Returns the arguments of Megatron's Transformer Engine layer spec for a Qwen2 layer.
-
-    A dense layer without QK norm or MLA. RMSNorm and the QKV bias are no spec arguments here:
-    the fused TE LayerNorm-linear modules read ``normalization`` and ``add_qkv_bias`` from
-    TransformerConfig. tests/unit/test_megatron_api_signatures.py binds these arguments against
-    the installed megatron-core, which CPU-only CI can check although it cannot build TE modules.
-    """
-    return dict(num_experts=None, qk_layernorm=False, multi_latent_attention=False)
-
-
-def local_layer_spec_kwargs() -> dict:
-    """Returns the arguments of Megatron's local layer spec for a Qwen2 layer (see above)."""
-    return dict(num_experts=None, qk_layernorm=False, multi_latent_attention=False,
-                normalization="RMSNorm")
-
-
 def layer_spec(config: TransformerConfig, accelerators: Accelerators):
     """Returns the decoder block spec: Transformer Engine's when usable, else Megatron's local one."""
     if accelerators.transformer_engine:
-        layer = get_gpt_layer_with_transformer_engine_spec(**te_layer_spec_kwargs())
+        # A dense layer without QK norm or MLA. RMSNorm and the QKV bias are no arguments: TE's
+        # fused LayerNorm-linear modules take them from TransformerConfig. The arguments are bound
+        # against the installed release by tests/distributed/test_megatron_api_signatures.py.
+        layer = get_gpt_layer_with_transformer_engine_spec(
+            num_experts=None, qk_layernorm=False, multi_latent_attention=False)
         from megatron.core.extensions.transformer_engine import TENorm
 
         final_norm = TENorm
     else:
-        layer = get_gpt_layer_local_spec(**local_layer_spec_kwargs())
+        layer = get_gpt_layer_local_spec(normalization="RMSNorm")
         layer.submodules.input_layernorm = QwenRMSNorm
         layer.submodules.pre_mlp_layernorm = QwenRMSNorm
         final_norm = QwenRMSNorm
