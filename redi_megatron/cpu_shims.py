@@ -19,7 +19,18 @@ The redirects, and the megatron-core 0.16.1 locations they work around:
    optimizer/distrib_optimizer.py:361-435 and optimizer/clip_grads.py:167.
 6. ``Tensor.cuda()`` in optimizer/optimizer.py:375 and distrib_optimizer.py:1089.
 
-Items 1-4 are handled by giving each loaded ``megatron.core`` module a module-local ``torch``
+megatron-core 0.19.x (Python 3.12) moves some of these and adds one:
+7. ``torch.cuda.current_stream()`` waited on for CUDA-graph gradient events before every
+   gradient reduction: distributed/param_and_grad_buffer.py:632 (start_grad_sync), reached from
+   finish_grad_sync:801. On CPU the current stream is one that has nothing to wait for.
+Items 1-6 in 0.19.2: (1) tensor_parallel/layers.py, mappings.py:95, param_and_grad_buffer.py:
+1162-1186, distrib_optimizer.py:998, state_dict_saver.py:252; (2) transformer/utils.py:39-44,
+schedules.py:749,1121,2292, optimizer/optimizer.py:315,690-702,1249, clip_grads.py:96-231,
+rerun_state_machine.py:264-268; (3) random.py:104-135; (4) filesystem_async.py:248,
+p2p_communication.py:263,419; (5) optimizer.py:1028, distrib_optimizer.py:466, clip_grads.py:174;
+(6) optimizer.py:586-591, distrib_optimizer.py:1374.
+
+Items 1-4 and 7 are handled by giving each loaded ``megatron.core`` module a module-local ``torch``
 (``_CpuTorch``) that redirects CUDA device requests to CPU; the global ``torch`` is untouched.
 Items 5-6 need ``torch.Tensor`` methods, so they are the only process-wide patches, and they
 only change calls that would otherwise fail on a CPU-only build.
@@ -80,6 +91,19 @@ def _redirect_factory(factory):
     return cpu_factory
 
 
+class _CpuStream:
+    """Stands in for a CUDA stream: CPU work is already ordered, so there is nothing to wait for."""
+
+    def wait_event(self, event):
+        return None
+
+    def wait_stream(self, stream):
+        return None
+
+    def synchronize(self):
+        return None
+
+
 class _CpuCuda:
     """Stands in for ``torch.cuda`` inside megatron modules: the CPU plays the current device."""
 
@@ -93,6 +117,10 @@ class _CpuCuda:
     @staticmethod
     def synchronize(*args, **kwargs):
         return None
+
+    @staticmethod
+    def current_stream(*args, **kwargs):
+        return _CpuStream()
 
     @staticmethod
     def is_available():

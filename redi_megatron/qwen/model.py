@@ -1,11 +1,19 @@
-"""Megatron-Core GPTModel for the Qwen2 family, whose last stage returns final hidden states."""
+"""Megatron-Core GPTModel for the Qwen2 family, whose last stage returns final hidden states.
 
+GPTModel is deprecated in megatron-core 0.19 in favour of HybridModel but still built and fixed
+there; it is kept because its layer specs and checkpoint keys are what both supported releases
+(0.16.1 on Python 3.11, 0.19.x on Python 3.12) share. Its per-construction deprecation log line
+is dropped (``_DeprecationFilter``); the run prints one start-up line instead.
+"""
+
+import inspect
+import logging
 from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt import GPTModel, gpt_model
 from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_layer_local_spec,
     get_gpt_layer_with_transformer_engine_spec,
@@ -32,6 +40,26 @@ class QwenRMSNorm(torch.nn.RMSNorm):
         setattr(self.weight, "sequence_parallel", config.sequence_parallel)
 
 
+class _DeprecationFilter(logging.Filter):
+    """Drops megatron-core 0.19's "GPTModel IS DEPRECATED" record (see the module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "GPTModel IS DEPRECATED" not in record.getMessage()
+
+
+logging.getLogger(gpt_model.__name__).addFilter(_DeprecationFilter())
+
+
+def _final_hidden_states(hidden_states, **unused):
+    """Returns the decoder's output unchanged: the loss head does the vocabulary projection."""
+    return hidden_states
+
+
+# megatron-core 0.19 takes the post-process step as a public forward argument; 0.16 has only the
+# private _postprocess method to override.
+HAS_OUTPUT_PROCESSOR = "output_processor" in inspect.signature(GPTModel.forward).parameters
+
+
 class QwenGPTModel(GPTModel):
     """GPTModel whose post-process stage returns [s, b, h] hidden states after the final norm.
 
@@ -39,8 +67,13 @@ class QwenGPTModel(GPTModel):
     then fuse it with the cross-entropy and never hold full-vocabulary logits.
     """
 
-    def _postprocess(self, hidden_states, **unused):
-        return hidden_states
+    if HAS_OUTPUT_PROCESSOR:
+        def forward(self, *args, **kwargs):
+            kwargs.setdefault("output_processor", _final_hidden_states)
+            return super().forward(*args, **kwargs)
+    else:
+        def _postprocess(self, hidden_states, **unused):
+            return hidden_states
 
     def output_weight(self) -> torch.Tensor:
         """Returns this TP rank's [vocab/tp, hidden] shard of the output projection."""
@@ -122,7 +155,11 @@ def layer_spec(config: TransformerConfig, accelerators: Accelerators, attention:
     """Returns the decoder block spec: Transformer Engine's, or Megatron's local one (``attention``)."""
     attention = resolve_attention(attention, accelerators)
     if attention == "te":
-        layer = get_gpt_layer_with_transformer_engine_spec(normalization="RMSNorm")
+        # A dense layer without QK norm or MLA. RMSNorm and the QKV bias are no arguments: TE's
+        # fused LayerNorm-linear modules take them from TransformerConfig. The arguments are bound
+        # against the installed release by tests/distributed/test_megatron_api_signatures.py.
+        layer = get_gpt_layer_with_transformer_engine_spec(
+            num_experts=None, qk_layernorm=False, multi_latent_attention=False)
         from megatron.core.extensions.transformer_engine import TENorm
 
         final_norm = TENorm
