@@ -20,7 +20,11 @@ This grader is stricter than the package's (math-verify) in places: ``(p,q)=(3,2
 ``(3,2)`` or ``0.0833...`` against ``\\frac{1}{12}`` are wrong here. Requires ``pylatexenc``.
 """
 
+import logging
 import re
+
+# pylatexenc warns on every malformed macro ("\frac" with one argument); the rule just keeps the text.
+logging.getLogger("pylatexenc").setLevel(logging.ERROR)
 
 END_OF_THINKING = "</think>"
 _BOX = "\\boxed"
