@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(json.dumps(report, indent=2))
     if report["errors"]:
-        print(f"grade.py: {len(report['errors'])} check(s) raised, first: {report['errors'][0]}", file=sys.stderr)
+        print(f"grade.py: {report['errors']} check(s) raised, first: {report['error_messages'][:1]}", file=sys.stderr)
         return 1
     return 0
 

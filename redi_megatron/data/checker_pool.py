@@ -29,14 +29,16 @@ from multiprocessing.connection import Connection, wait
 from redi_megatron.data.answer_checking import ERROR, UNVERIFIED, check_trace, reference_text, validate_grader
 
 _READY = "ready"
+MAX_LISTED_ERRORS = 100
 
 
 class CheckerPool:
     """Grades (trace, reference) items in worker processes; see ``verdicts``.
 
     ``grader`` ("package" or "paper") and ``boxes`` ("last" or "joined") choose the rule; see
-    answer_checking.check_trace. ``counts`` tallies the verdicts given, ``retried`` the items
-    re-run after a timeout or a dead worker, ``errors`` the messages of checks that raised.
+    answer_checking.check_trace. ``counts`` tallies the verdicts given (``counts[ERROR]``: checks
+    that raised), ``retried`` the items re-run after a timeout or a dead worker, ``errors`` the
+    messages of the first MAX_LISTED_ERRORS checks that raised.
     """
 
     def __init__(self, workers: int | None = None, timeout_s: float = 5.0, grace_s: float = 5.0,
@@ -137,7 +139,7 @@ class CheckerPool:
                 continue
             index, item, tries, _ = busy.pop(slot)
             verdict, error = message
-            if error:
+            if error and len(self.errors) < MAX_LISTED_ERRORS:
                 self.errors.append(error)
             if verdict == UNVERIFIED:
                 self._finish_timed_out((index, item, tries, 0.0), done, again)

@@ -32,14 +32,15 @@ def grade(generations: list[dict], references: dict[str, dict], pool: CheckerPoo
 
     Generations whose id has no reference are reported, not graded. pass@k uses k = the smallest
     number of samples any problem of the benchmark has. The report names the grader and its
-    settings, and counts unverified (CPU budget spent after retries), retried and errored checks.
+    settings, and counts unverified (CPU budget spent after retries), retried and errored checks
+    (with the first messages).
     Raises GenerationsError for a repeated (id, sample) or a reference without a usable answer.
     """
     samples = samples_by_id(generations)
     graded = [problem_id for problem_id in samples if problem_id in references]
     answers = reference_answers(references, graded)
     items = [(response, answers[problem_id]) for problem_id in graded for response in samples[problem_id]]
-    retried_before, errors_before = pool.retried, len(pool.errors)
+    retried_before, errors_before, listed_before = pool.retried, pool.counts[ERROR], len(pool.errors)
     verdicts = iter(list(pool.verdicts(items)))
     per_benchmark: dict[str, list[list[str]]] = defaultdict(list)
     named_in_generations = {str(g["id"]): g.get("benchmark") for g in generations}
@@ -52,7 +53,8 @@ def grade(generations: list[dict], references: dict[str, dict], pool: CheckerPoo
         "benchmarks": scores,
         "average_pass@1": sum(s["pass@1"] for s in scores.values()) / len(scores) if scores else None,
         "retried": pool.retried - retried_before,
-        "errors": pool.errors[errors_before:],
+        "errors": pool.counts[ERROR] - errors_before,
+        "error_messages": pool.errors[listed_before:],
         "generations_without_reference": sorted(set(samples) - set(references)),
         "references_without_generations": sorted(set(references) - set(graded)),
     }

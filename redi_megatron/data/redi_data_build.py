@@ -44,7 +44,7 @@ def build_redi_data(input_path: str | Path, out_dir: str | Path, rules: Selectio
                     _write_selection(row, correct, sft, pairs, report)
         if pool:
             report.checker = {**pool.settings(), "retried": pool.retried, "killed_workers": pool.killed_workers,
-                              "errors": pool.errors[:100]}
+                              "error_messages": pool.errors}
     finally:
         if pool:
             pool.close()
