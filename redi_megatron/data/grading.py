@@ -2,7 +2,7 @@
 
 Input records: ``{"id", "samples": [responses]}``, optionally with ``"sample": i`` (the index of the
 first response of the record, default 0), so k samples of a problem may come as one record or as k
-records ``{"id", "sample": i, "samples": [response]}``. Two records giving the same (id, sample
+records ``{"id", "sample": i, "response": text}``. Two records giving the same (id, sample
 index) are an error (GenerationsError names the id): counting a problem twice would bias pass@1,
 and silently keeping one would hide a broken generation run. References ``{id: {"answer",
 "benchmark"}}`` take numbers (AIME) as well as LaTeX strings; a missing or null answer is an
@@ -68,7 +68,8 @@ def samples_by_id(generations: list[dict]) -> dict[str, list[str]]:
         first = record.get("sample", 0)
         if isinstance(first, bool) or not isinstance(first, int) or first < 0:
             raise GenerationsError(f"generation for id {problem_id!r}: 'sample' must be an index >= 0, got {first!r}")
-        for offset, response in enumerate(record["samples"]):
+        responses = record["samples"] if "samples" in record else [record["response"]]
+        for offset, response in enumerate(responses):
             index = first + offset
             if index in indexed[problem_id]:
                 raise GenerationsError(f"id {problem_id!r} has sample {index} more than once in the generations; "
