@@ -58,7 +58,7 @@ def answers_match(predicted: str, reference: str) -> bool:
     if verify(gold, guess, timeout_seconds=None):
         return True
     # "12.5\%" against a reference of "12.5": math-verify only reads the percent as a fraction.
-    if _has_percent(predicted) != _has_percent(reference):
+    if _has_percent(predicted) != _has_percent(reference) and _without_percent(reference):
         return answers_match(_without_percent(predicted), _without_percent(reference))
     return False
 
