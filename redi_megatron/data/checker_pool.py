@@ -185,8 +185,6 @@ def _serve(connection: Connection, options: tuple) -> None:
     timeout_s, grace_s, require_closed_thinking, boxes, grader = options
     from sympy.core.cache import clear_cache
 
-    # No core file when the kernel stops a runaway check (SIGXCPU's default action dumps core).
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     check_trace("</think> \\boxed{\\frac{1}{2}}", "0.5", timeout_s, True, "last", grader)  # imports, first use
     connection.send(_READY)
     while True:
@@ -205,6 +203,8 @@ def _serve(connection: Connection, options: tuple) -> None:
 
 def _set_hard_cpu_limit(seconds: float) -> None:
     """Make the kernel stop this process once it has used ``seconds`` more CPU time (whole seconds)."""
+    # No core file when the kernel stops a runaway check (SIGXCPU's default action dumps core).
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = usage.ru_utime + usage.ru_stime
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)

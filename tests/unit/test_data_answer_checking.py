@@ -175,3 +175,16 @@ def test_numeric_references_are_read_as_text(answer, text):
 def test_references_without_an_answer_are_refused(answer):
     with pytest.raises(ValueError):
         reference_text(answer)
+
+
+@pytest.mark.timeout(120)
+def test_hard_cpu_limit_stops_code_the_soft_limit_cannot_interrupt():
+    """A catastrophic regex runs in C and never returns to Python's signal handlers; the kernel stops it."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import re; from redi_megatron.data.checker_pool import _set_hard_cpu_limit; "
+            "_set_hard_cpu_limit(1.0); re.match(r'(a+)+$', 'a' * 64 + 'b')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=100)
+    assert result.returncode == -signal.SIGXCPU
