@@ -222,10 +222,10 @@ def _latex_as_text(expression: str) -> str:
     """Return LaTeX rendered to plain text by pylatexenc (the expression unchanged if that fails)."""
     from pylatexenc.latex2text import LatexNodes2Text
 
-    expression = expression.replace("\\tfrac", "\\frac").replace("\\dfrac", "\\frac")
-    expression = expression.replace("\\frac", " \\frac")  # "3\frac12" is the mixed number 3 1/2
+    latex = expression.replace("\\tfrac", "\\frac").replace("\\dfrac", "\\frac")
+    latex = latex.replace("\\frac", " \\frac")  # "3\frac12" is the mixed number 3 1/2
     try:
-        text = LatexNodes2Text().latex_to_text(expression)
+        text = LatexNodes2Text().latex_to_text(latex)
     except Exception:  # pylatexenc raises assorted errors on malformed input; the rule keeps the input
         return expression
     for old, new in _UNICODE_TO_SYMPY:

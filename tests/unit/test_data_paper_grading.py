@@ -1,8 +1,10 @@
 """The paper's grader (rllm's math reward rule), case by case.
 
 The expected verdicts were produced by running rllm's own grader code (rllm-org/rllm,
-rllm/rewards/math_utils/utils.py at 9beb6e0f) on these traces; on 263 traces (this table, the
-package checker's table, each also with the reference boxed first) the two agree on every one.
+rllm/rewards/math_utils/utils.py at 9beb6e0f) on these traces. Outside this suite, the two were
+also compared on 263 traces (this table and the package checker's table, each also with an earlier
+box), 3,000 random LaTeX-ish strings (both normalisations), 1,800 random sympy comparisons and
+1,500 random traces: no difference.
 """
 
 import pytest
