@@ -6,8 +6,8 @@
 --grader package (default): math-verify/sympy on the last box after </think>.
 --grader paper: the REDI paper's rule (rllm's math reward), for numbers to put beside its Table 3.
 
-Exit status: 0 graded; 1 some checks raised (listed under "errors"); 2 bad input (a repeated
-(id, sample), a reference without an answer, a malformed line).
+Exit status: 0 graded; 1 some checks raised (counted under "errors", see "error_messages");
+2 bad input (a repeated (id, sample), a reference without an answer, a malformed line).
 """
 
 import argparse

@@ -22,12 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output prefix P (writes P.bin, P.idx.npy, P.json)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--system-prompt", default=None,
-                        help="system message (default: the chat template's own; Qwen's for SentencePiece)")
+                        help="system message (default: the chat template's own; Qwen2.5-Math's without a template)")
     parser.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
                         help="user turn, must contain {problem}; default: the raw problem (the REDI authors' framing, "
                              "the instruction is in Qwen2.5-Math's default system prompt)")
     parser.add_argument("--no-chat-template", action="store_true",
-                        help="ignore the tokenizer's chat template and write Qwen's format out")
+                        help="ignore the tokenizer's chat template and write Qwen2.5-Math's format out")
     parser.add_argument("--max-prompt-tokens", type=int, default=800)
     parser.add_argument("--max-response-tokens", type=int, default=19_000)
     parser.add_argument("--completion-end", choices=COMPLETION_ENDS, default="end_of_turn",
