@@ -26,6 +26,8 @@ setup(
         "sentencepiece",
         "sympy",
         "math-verify>=0.7",
+        # LaTeX to text for the paper's grader (grade.py --grader paper), as rllm's grader uses it.
+        "pylatexenc>=2.10",
         "pyyaml",
         "tensorboard",
         # Megatron's dist-checkpoint writers need psutil; without it a save hangs.

@@ -38,7 +38,7 @@ def tokenised_to_shard(folder: Path, samples: int, response_tokens: int) -> floa
     start = time.perf_counter()
     with ShardWriter(folder / "ids", "sft", 151_665, {}) as writer:
         for i in range(0, samples, 256):
-            writer.add_packed(*pack_samples(prompts[i:i + 256], completions[i:i + 256], 2, writer.dtype))
+            writer.add_packed(*pack_samples(prompts[i:i + 256], completions[i:i + 256], [2], writer.dtype))
     return writer.num_tokens / (time.perf_counter() - start)
 
 

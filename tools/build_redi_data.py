@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reverify", action="store_true",
                         help="recompute correctness with our checker and report agreement with the shipped labels")
     parser.add_argument("--workers", type=int, default=None, help="checker processes (default: all cores)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per answer check")
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="CPU seconds per answer check (not wall-clock: the selection does not depend on load)")
     parser.add_argument("--strict", action="store_true", help="exit non-zero if any row or trace was skipped")
     args = parser.parse_args(argv)
 

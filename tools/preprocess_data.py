@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from redi_megatron.data.chat_format import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
-from redi_megatron.data.example_tokenization import TokenizationSettings  # noqa: E402
+from redi_megatron.data.example_tokenization import COMPLETION_ENDS, TokenizationSettings  # noqa: E402
 from redi_megatron.data.preprocessing import preprocess  # noqa: E402
 
 
@@ -22,18 +22,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output prefix P (writes P.bin, P.idx.npy, P.json)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--system-prompt", default=None,
-                        help="system message (default: the chat template's own; Qwen's for SentencePiece)")
-    parser.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE, help="must contain {problem}")
+                        help="system message (default: the chat template's own; Qwen2.5-Math's without a template)")
+    parser.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
+                        help="user turn, must contain {problem}; default: the raw problem (the REDI authors' framing, "
+                             "the instruction is in Qwen2.5-Math's default system prompt)")
     parser.add_argument("--no-chat-template", action="store_true",
-                        help="ignore the tokenizer's chat template and write Qwen's format out")
+                        help="ignore the tokenizer's chat template and write Qwen2.5-Math's format out")
     parser.add_argument("--max-prompt-tokens", type=int, default=800)
     parser.add_argument("--max-response-tokens", type=int, default=19_000)
+    parser.add_argument("--completion-end", choices=COMPLETION_ENDS, default="end_of_turn",
+                        help="end_of_turn: response + <|im_end|>; paper: response + <|im_end|> + newline + eos, "
+                             "as the REDI authors' TRL fork trains")
     args = parser.parse_args(argv)
     if "{problem}" not in args.prompt_template:
         parser.error("--prompt-template must contain {problem}")
 
     settings = TokenizationSettings(args.tokenizer, args.kind, args.system_prompt, args.prompt_template,
-                                    not args.no_chat_template, args.max_prompt_tokens, args.max_response_tokens)
+                                    not args.no_chat_template, args.max_prompt_tokens, args.max_response_tokens,
+                                    args.completion_end)
     start = time.perf_counter()
     report = preprocess(args.input, args.out, settings, workers=args.workers)
     seconds = time.perf_counter() - start

@@ -2,13 +2,19 @@
 
 A chat template is rendered a single time with placeholder messages; the text around the
 placeholders is the frame, so each example is a string concatenation, not a template run. Tokenizers
-without a template (SentencePiece) get Qwen's text format, written out here.
+without a template (SentencePiece) get Qwen2.5-Math's text format, written out here.
+
+The default is the REDI authors' framing: the user turn is the raw problem, and the system prompt
+is the one the chat template inserts by default (Qwen2.5-Math's: "Please reason step by step, and
+put your final answer within \\boxed{}."). INSTRUCTION_PROMPT_TEMPLATE appends that sentence to the
+user turn instead, for chat templates whose default system prompt does not carry it.
 """
 
 from dataclasses import dataclass
 
-DEFAULT_PROMPT_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
-QWEN_DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+QWEN_MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+DEFAULT_PROMPT_TEMPLATE = "{problem}"
+INSTRUCTION_PROMPT_TEMPLATE = "{problem}\n" + QWEN_MATH_SYSTEM_PROMPT
 _PROMPT_SLOT = "\x00PROMPT\x00"
 _RESPONSE_SLOT = "\x00RESPONSE\x00"
 
@@ -28,8 +34,8 @@ class ChatFormat:
 
 
 def qwen_format(system_prompt: str | None = None, prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> ChatFormat:
-    """Return Qwen's format written out: system turn (Qwen's default text if None), user turn, assistant opening."""
-    system = QWEN_DEFAULT_SYSTEM_PROMPT if system_prompt is None else system_prompt
+    """Return Qwen2.5-Math's format written out: system turn (its default if None), user turn, assistant opening."""
+    system = QWEN_MATH_SYSTEM_PROMPT if system_prompt is None else system_prompt
     return ChatFormat(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n",
                       "<|im_end|>\n<|im_start|>assistant\n", prompt_template)
 

@@ -1,8 +1,15 @@
 """Turning JSONL examples (sft: problem/response; pairs: problem/chosen/rejected) into token ids.
 
-The prompt is the chat-formatted problem; each completion is the response's ids plus the
-end-of-turn token. Prompt and response are tokenised separately so the prompt/completion boundary
-(the loss mask) is exact, whatever merges the tokenizer would make across it.
+The prompt is the chat-formatted problem (chat_format). Each completion is the response's ids plus
+the closing tokens chosen by ``completion_end``; |y| in the objectives counts all of them:
+
+- ``"end_of_turn"`` (default): response + ``<|im_end|>``, the token generation stops at;
+- ``"paper"``: response + ``<|im_end|>`` + ``\n`` + the tokenizer's eos token, as the REDI authors'
+  TRL fork trains (the rendered assistant turn ``trace<|im_end|>\n``, then TRL's appended eos).
+  |y| is 2 tokens longer per completion than with the default.
+
+Prompt and response are tokenised separately so the prompt/completion boundary (the loss mask) is
+exact, whatever merges the tokenizer would make across it.
 """
 
 import collections
@@ -16,6 +23,7 @@ from redi_megatron.data.token_shards import token_dtype
 from redi_megatron.data.tokenizer_loading import load_tokenizer
 
 RESPONSE_FIELDS = {"sft": ("response",), "pairs": ("chosen", "rejected")}
+COMPLETION_ENDS = ("end_of_turn", "paper")
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,7 @@ class TokenizationSettings:
     use_chat_template: bool = True
     max_prompt_tokens: int = 800
     max_response_tokens: int = 19_000
+    completion_end: str = "end_of_turn"
 
 
 @dataclass
@@ -47,9 +56,12 @@ class ExampleTokenizer:
     def __init__(self, settings: TokenizationSettings):
         if settings.kind not in RESPONSE_FIELDS:
             raise ValueError(f"kind must be 'sft' or 'pairs', got {settings.kind!r}")
+        if settings.completion_end not in COMPLETION_ENDS:
+            raise ValueError(f"completion_end must be one of {COMPLETION_ENDS}, got {settings.completion_end!r}")
         self.settings = settings
         self.tokenizer = load_tokenizer(settings.tokenizer_path)
         self.chat_format = self._chat_format()
+        self.completion_suffix = self._completion_suffix()
         self.dtype = token_dtype(self.tokenizer.vocab_size)
 
     def metadata(self) -> dict:
@@ -60,6 +72,7 @@ class ExampleTokenizer:
             "tokenizer": self.settings.tokenizer_path,
             "chat_prefix": self.chat_format.prefix, "chat_suffix": self.chat_format.suffix,
             "prompt_template": self.chat_format.prompt_template,
+            "completion_end": self.settings.completion_end, "completion_suffix_ids": self.completion_suffix,
             "max_prompt_tokens": self.settings.max_prompt_tokens,
             "max_response_tokens": self.settings.max_response_tokens,
         }
@@ -95,7 +108,7 @@ class ExampleTokenizer:
         chunk.skipped_lines.sort()
         if kept_prompts:
             chunk.tokens, chunk.lengths = pack_samples(kept_prompts, kept_completions,
-                                                       self.tokenizer.end_of_turn_id, self.dtype)
+                                                       self.completion_suffix, self.dtype)
         return chunk
 
     def _length_problem(self, prompt: list[int], completions: list[list[int]]) -> str | None:
@@ -115,17 +128,23 @@ class ExampleTokenizer:
                                    settings.prompt_template, special)
         return qwen_format(settings.system_prompt, settings.prompt_template)
 
+    def _completion_suffix(self) -> list[int]:
+        """Return the ids that close every completion (see the module docstring)."""
+        tokenizer = self.tokenizer
+        if self.settings.completion_end == "end_of_turn":
+            return [tokenizer.end_of_turn_id]
+        return [tokenizer.end_of_turn_id, *tokenizer.encode_batch(["\n"])[0], tokenizer.eos_id]
 
-def pack_samples(prompts: list[list[int]], completions: list[list[list[int]]], end_of_turn_id: int,
+
+def pack_samples(prompts: list[list[int]], completions: list[list[list[int]]], suffix: list[int],
                  dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Return (tokens back to back, [n, 1 + completions] lengths) with end-of-turn closing each completion."""
+    """Return (tokens back to back, [n, 1 + completions] lengths) with ``suffix`` closing each completion."""
     pieces, lengths = [], []
-    end_of_turn = [end_of_turn_id]
     for prompt, sample_completions in zip(prompts, completions):
         pieces.append(prompt)
         for completion in sample_completions:
-            pieces.extend((completion, end_of_turn))
-        lengths.append([len(prompt), *(len(c) + 1 for c in sample_completions)])
+            pieces.extend((completion, suffix))
+        lengths.append([len(prompt), *(len(c) + len(suffix) for c in sample_completions)])
     return np.concatenate([np.asarray(piece, dtype) for piece in pieces]), np.array(lengths, np.int64)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from redi_megatron.data.answer_checking import CORRECT, UNVERIFIED
+from redi_megatron.data.answer_checking import CORRECT, ERROR, UNVERIFIED
 from redi_megatron.data.checker_pool import CheckerPool
 from redi_megatron.data.raw_traces import RawRow, read_raw_rows
 from redi_megatron.data.trace_selection import (BadInput, SelectionRules, TeacherRow, drop_reason,
@@ -42,6 +42,9 @@ def build_redi_data(input_path: str | Path, out_dir: str | Path, rules: Selectio
                 for i, row in enumerate(kept):
                     correct = _correctness(row, verdicts[i] if verdicts else None, report)
                     _write_selection(row, correct, sft, pairs, report)
+        if pool:
+            report.checker = {**pool.settings(), "retried": pool.retried, "killed_workers": pool.killed_workers,
+                              "error_messages": pool.errors}
     finally:
         if pool:
             pool.close()
@@ -94,8 +97,9 @@ def _correctness(row: TeacherRow, ours: list[str | None] | None, report: "_Repor
     for i, verdict in enumerate(ours):
         if verdict is not None:
             report.audit(verdict, row.shipped_labels[i] if row.shipped_labels else None)
-    # An unverified trace (checker timed out) is neither a trustworthy positive nor negative.
-    return [None if verdict in (None, UNVERIFIED) else verdict == CORRECT for verdict in ours]
+    # An unverified trace (CPU budget spent after a retry) or one whose check raised is neither a
+    # trustworthy positive nor negative.
+    return [None if verdict in (None, UNVERIFIED, ERROR) else verdict == CORRECT for verdict in ours]
 
 
 def _write_selection(row: TeacherRow, correct: list[bool | None], sft, pairs, report: "_Report") -> None:
@@ -134,6 +138,7 @@ class _Report:
         self.unlisted_skips = 0
         self.verdicts = collections.Counter()
         self.agreement = collections.Counter()
+        self.checker: dict = {}
 
     def skip_row(self, raw: RawRow, reason: str) -> None:
         self.skipped_rows[reason] += 1
@@ -147,8 +152,8 @@ class _Report:
         self.verdicts[verdict] += 1
         if shipped is None:
             self.agreement["unlabelled"] += 1
-        elif verdict == UNVERIFIED:
-            self.agreement["unverified"] += 1
+        elif verdict in (UNVERIFIED, ERROR):
+            self.agreement[verdict] += 1
         elif (verdict == CORRECT) == shipped:
             self.agreement["agree"] += 1
         else:
@@ -183,5 +188,6 @@ class _Report:
                 "verdicts": dict(self.verdicts),
                 "agreement": dict(self.agreement),
                 "agreement_rate": self.agreement["agree"] / compared if compared else None,
+                "checker": self.checker,
             }
         return summary

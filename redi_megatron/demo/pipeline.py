@@ -5,6 +5,7 @@ training and checkpoint conversion run as subprocesses (`python -m redi_megatron
 process, gloo) so that a crash in any of them is reported with its log, not as a hang.
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -65,6 +66,10 @@ class DemoSettings:
     # Padding-free rows (data.pack_tokens): 0.72x the SFT and 0.77x the REDI step time of padded
     # rows at this shape (benchmarks/packed_step.py).
     pack_tokens: int = 2048
+    # torch intra-op threads in every demo process. The thread count sets the order of float sums
+    # (1 vs 2 threads already change REDI's log-probs in the 7th digit, and greedy answers follow),
+    # so it is fixed here, not taken from the machine.
+    threads: int = 1
 
     @classmethod
     def quick(cls) -> "DemoSettings":
@@ -81,7 +86,39 @@ class DemoError(RuntimeError):
 
 
 def run_pipeline(out_dir: str | Path, settings: DemoSettings) -> dict:
-    """Return the results dict (also written to out_dir/results.json) after running every demo stage."""
+    """Return the results dict (also written to out_dir/results.json) after running every demo stage.
+
+    The results are the same whatever the machine's core count or load: torch runs on
+    ``settings.threads`` threads in this process and in every subprocess, and answer checks have
+    CPU-time budgets. What can still differ is float rounding on another CPU family or instruction
+    set (other BLAS kernels) or with other torch/transformers versions.
+    """
+    with _pinned_threads(settings.threads):
+        return _run_stages(out_dir, settings)
+
+
+@contextlib.contextmanager
+def _pinned_threads(threads: int):
+    """Run torch on ``threads`` intra-op threads here and in subprocesses (their env); restore after."""
+    import torch
+
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved_threads = torch.get_num_threads()
+    os.environ.update({name: str(threads) for name in names})
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved_threads)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run_stages(out_dir: str | Path, settings: DemoSettings) -> dict:
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()

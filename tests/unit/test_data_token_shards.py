@@ -8,17 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from redi_megatron.data.chat_format import DEFAULT_PROMPT_TEMPLATE, qwen_format
+from redi_megatron.data.chat_format import DEFAULT_PROMPT_TEMPLATE, QWEN_MATH_SYSTEM_PROMPT, qwen_format
 from redi_megatron.data.example_tokenization import TokenizationSettings
 from redi_megatron.data.preprocessing import preprocess
 from redi_megatron.data.token_shards import ShardWriter, TokenShards
 
 REPO = Path(__file__).resolve().parents[2]
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2.5-Math's chat template (tools branch left out): a default system prompt carrying the instruction.
 QWEN_TEMPLATE = (
-    "{%- for message in messages %}{%- if loop.first and messages[0]['role'] != 'system' %}"
-    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nPlease reason step by step, and put your final answer within "
+    "\\\\boxed{}.<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) or message.role == 'assistant' %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}{%- endif %}"
     "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
 CORPUS = [
     "Let x be a real number such that x^2 = 4. Find x. \\frac{1}{2} + \\sqrt{3}",
@@ -50,7 +55,8 @@ def hf_tokenizer(tmp_path_factory) -> Path:
     tokenizer.train_from_iterator(CORPUS * 20, trainer)
     folder = tmp_path_factory.mktemp("hf_tokenizer")
     tokenizer.save(str(folder / "tokenizer.json"))
-    config = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": QWEN_TEMPLATE}
+    # As in Qwen2.5-Math's base tokenizer: eos is <|endoftext|>, turns end with <|im_end|>.
+    config = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "chat_template": QWEN_TEMPLATE}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return folder
 
@@ -100,8 +106,8 @@ def test_shards_round_trip_to_the_input_text(tmp_path, request, kind, tokenizer_
         for name, completion in zip(responses, completions):
             assert completion[-1] == end_of_turn  # the end-of-turn token is a completion token
             assert _decode(tokenizer_path, completion[:-1]) == example[name]
-    assert format_.prompt_text("P").endswith("P\nPlease reason step by step, and put your final answer "
-                                             "within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
+    assert format_.prompt_text("P") == (f"<|im_start|>system\n{QWEN_MATH_SYSTEM_PROMPT}<|im_end|>\n"
+                                        "<|im_start|>user\nP<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_output_does_not_depend_on_worker_count(tmp_path, hf_tokenizer):
@@ -138,7 +144,39 @@ def test_custom_system_prompt_and_template_reach_the_prompt(tmp_path, hf_tokeniz
     assert _decode(hf_tokenizer, prompt) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nQ: " + _examples("sft", 1)[0]["problem"]
         + "<|im_end|>\n<|im_start|>assistant\n")
-    assert DEFAULT_PROMPT_TEMPLATE.startswith("{problem}\n")
+    assert DEFAULT_PROMPT_TEMPLATE == "{problem}"
+
+
+@pytest.mark.parametrize("completion_end", ["end_of_turn", "paper"])
+def test_default_framing_is_the_redi_authors(tmp_path, hf_tokenizer, completion_end):
+    """Default settings give the prompt the REDI authors built: transformers' apply_chat_template of
+    [user: problem, assistant: trace] with a Qwen2.5-Math-style template, split at the assistant opening.
+    Their completion is the rest of that text plus eos; ours ends at <|im_end|> unless completion_end="paper"."""
+    from transformers import PreTrainedTokenizerFast
+
+    reference = PreTrainedTokenizerFast(tokenizer_file=str(hf_tokenizer / "tokenizer.json"),
+                                        eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    reference.chat_template = QWEN_TEMPLATE
+    examples = _examples("pairs", 5)
+    settings = TokenizationSettings(str(hf_tokenizer), "pairs", completion_end=completion_end)
+    preprocess(_write_jsonl(tmp_path / "in.jsonl", examples), tmp_path / "shard", settings, workers=1, progress=False)
+    shards = TokenShards(tmp_path / "shard")
+    opening = "<|im_start|>assistant\n"
+    for i, example in enumerate(examples):
+        prompt, completions = shards.sample(i)
+        for name, completion in zip(("chosen", "rejected"), completions):
+            text = reference.apply_chat_template([{"role": "user", "content": example["problem"]},
+                                                  {"role": "assistant", "content": example[name]}], tokenize=False)
+            assert text.count(QWEN_MATH_SYSTEM_PROMPT) == 1  # the instruction appears once, in the system turn
+            prompt_text, completion_text = text.split(opening)
+            assert list(prompt) == reference(prompt_text + opening, add_special_tokens=False)["input_ids"]
+            authors = reference(completion_text, add_special_tokens=False)["input_ids"] + [reference.eos_token_id]
+            assert completion_text == example[name] + "<|im_end|>\n"
+            if completion_end == "paper":
+                assert list(completion) == authors
+            else:  # the same ids up to and including <|im_end|>: |y| is 2 tokens shorter
+                assert list(completion) == authors[:-2]
+                assert authors[-2:] == reference("\n", add_special_tokens=False)["input_ids"] + [reference.eos_token_id]
 
 
 def test_writer_rejects_inconsistent_lengths(tmp_path):
