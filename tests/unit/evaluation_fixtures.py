@@ -53,12 +53,11 @@ def write_chain_model(directory: Path) -> Path:
     return directory
 
 
-def write_benchmarks(directory: Path) -> list[Path]:
-    """Write two benchmark files (answers 7, 8, 9 and 7, 14/2 in LaTeX, plus 8) and return their paths."""
+def write_benchmarks(directory: Path, alpha: int = 3, beta: int = 2) -> list[Path]:
+    """Write two benchmark files and return their paths: alpha's answers cycle 7, 8, 9; beta's 14/2 (LaTeX), 8, 10."""
     directory.mkdir(parents=True, exist_ok=True)
-    files = {"alpha": [("a1", "What is 3 plus 4?", "7"), ("a2", "Compute 2 times 4.", "8"),
-                       ("a3", "What is 3 times 3?", "9")],
-             "beta": [("b1", "Half of 14?", "\\frac{14}{2}"), ("b2", "What is 4 plus 4?", "8")]}
+    files = {"alpha": [(f"a{i}", f"What is {i} plus 4?", "789"[i % 3]) for i in range(alpha)],
+             "beta": [(f"b{i}", f"Half of {i}4?", ("\\frac{14}{2}", "8", "10")[i % 3]) for i in range(beta)]}
     paths = []
     for name, rows in files.items():
         path = directory / f"{name}.jsonl"
