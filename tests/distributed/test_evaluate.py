@@ -84,3 +84,31 @@ def test_evaluate_matches_grade_py_and_a_killed_run_resumes_to_the_same_report(c
     by_id = {json.loads(line)["id"]: json.loads(line) for line in _lines(full / "generations.jsonl")}
     assert {json.loads(line)["id"]: json.loads(line) for line in final} == by_id
     assert _scores(json.loads((resumed / "report.json").read_text())) == _scores(report)
+
+
+def test_slurm_script_requeues_on_sigterm_and_the_rerun_completes(converted, tmp_path):
+    checkpoint, benchmarks = converted
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\necho "$*" >> "$FAKE_SLURM_LOG"\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(ENV, PATH=f"{bin_dir}{os.pathsep}{ENV['PATH']}", SLURM_JOB_ID="4242", FAKE_SLURM_LOG=str(tmp_path / "log"),
+               PYTHON=sys.executable, MODEL=str(checkpoint.parent / "hf"), OUT=str(out), SAMPLES="2",
+               BENCHMARKS=" ".join(map(str, benchmarks)), MAX_NEW_TOKENS="16",
+               EXTRA_ARGS="--backend transformers --batch-problems 1 --workers 1")
+    job = subprocess.Popen(["bash", str(ROOT / "slurm" / "evaluate.sh")], env=env, cwd=str(tmp_path),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while job.poll() is None and not _lines(out / "generations.jsonl"):
+        time.sleep(0.005)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=120) == 0
+    assert (tmp_path / "log").read_text() == "requeue 4242\n"
+    assert len(_lines(out / "generations.jsonl")) < 20
+
+    subprocess.run(["bash", str(ROOT / "slurm" / "evaluate.sh")], env=env, cwd=str(tmp_path), check=True,
+                   capture_output=True, timeout=300)
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["sampling"] == {"samples": 2, "temperature": 0.6, "top_p": 0.95,
+                                              "max_new_tokens": 16, "seed": 0}
+    assert len(_lines(out / "generations.jsonl")) == 20
