@@ -1,8 +1,9 @@
-"""The `redi-megatron` command: `train` a run from a YAML config, `evaluate` a model on benchmarks, or run the `demo`."""
+"""The `redi-megatron` command: `train` from a YAML config, `evaluate` a model on benchmarks, or run the `demo`."""
 
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
 from redi_megatron.config import ConfigError
 
@@ -45,7 +46,7 @@ def _evaluate(args) -> int:
     except (ConfigError, BenchmarkFileError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(report_text(report, args.model))
+    print(report_text(report, Path(args.model).name))
     return 0
 
 
@@ -56,8 +57,10 @@ def _add_evaluate_parser(commands) -> None:
         "evaluate", help="sample k responses per benchmark problem, grade them, write the paper-style table",
         description="Defaults are the paper's: pass@1 over 16 samples, temperature 0.6, top-p 0.95, "
                     "32,768 new tokens, thinking opened by the prompt. Rerun the same command to resume.")
-    evaluate.add_argument("--model", required=True, help="Megatron checkpoint root (exported on the fly) or HF directory")
-    evaluate.add_argument("--benchmarks", required=True, nargs="+", help="JSONL files of {id, problem, answer, benchmark}")
+    evaluate.add_argument("--model", required=True,
+                          help="Megatron checkpoint root (exported on the fly) or HF directory")
+    evaluate.add_argument("--benchmarks", required=True, nargs="+",
+                          help="JSONL files of {id, problem, answer, benchmark}")
     evaluate.add_argument("--out", required=True, help="output directory (generations, report; resumed if present)")
     evaluate.add_argument("--samples", type=int, default=16, help="k: responses per problem (default 16)")
     evaluate.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6)")

@@ -137,7 +137,8 @@ def run_pipeline(out_dir: str | Path, settings: DemoSettings) -> dict:
 
     clock.stage(f"7/8 export to Hugging Face (convert_megatron_to_hf) and evaluate: {s.eval_samples} sampled "
                 "answers per held-out problem (redi-megatron evaluate)")
-    benchmark = evaluation.write_benchmark(task["eval_problems"], task["eval_references"], out / "eval" / "held_out.jsonl")
+    benchmark = evaluation.write_benchmark(task["eval_problems"], task["eval_references"],
+                                           out / "eval" / "held_out.jsonl")
     accuracy = {}
     scores = {}
     for name in runs:

@@ -41,8 +41,8 @@ def read_benchmarks(paths: list[str | Path]) -> list[Problem]:
                 where = f"{path}:{number}"
                 problem = _problem(json.loads(line), path.stem, where)
                 if problem.id in seen:
-                    raise BenchmarkFileError(f"{where}: id {problem.id!r} already used at {seen[problem.id]}; "
-                                             "ids must be unique across the run's files (prefix them with the benchmark)")
+                    raise BenchmarkFileError(f"{where}: id {problem.id!r} already used at {seen[problem.id]}; ids must "
+                                         "be unique across the run's files (prefix them with the benchmark)")
                 seen[problem.id] = where
                 problems.append(problem)
     return problems

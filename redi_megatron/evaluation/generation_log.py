@@ -1,4 +1,4 @@
-"""The run's generations on disk: one JSONL record per finished problem, appended and fsynced, so a restart loses nothing.
+"""The run's generations on disk: one JSONL record per finished problem, appended and fsynced (a restart loses nothing).
 
 Each record is what tools/grade.py reads (``id``, ``samples``) plus ``benchmark``, ``num_tokens``
 (per sample, stop token excluded), ``truncated`` (per sample: hit max_new_tokens) and ``seeds``.

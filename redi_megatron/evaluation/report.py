@@ -39,7 +39,7 @@ def build_report(records: list[dict], problems: list[Problem], pool: CheckerPool
 
 
 def length_statistics(records: list[dict], references: dict[str, dict]) -> dict:
-    """Return per benchmark: samples, mean and max tokens, share truncated (hit max_new_tokens), share with thinking left open."""
+    """Return per benchmark: samples, mean and max tokens, share truncated, share with thinking left open."""
     per_benchmark = defaultdict(lambda: {"tokens": [], "truncated": 0, "open": 0})
     for record in records:
         if record["id"] not in references:

@@ -93,9 +93,9 @@ def test_slurm_script_requeues_on_sigterm_and_the_rerun_completes(converted, tmp
     (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\necho "$*" >> "$FAKE_SLURM_LOG"\n')
     (bin_dir / "scontrol").chmod(0o755)
     out = tmp_path / "out"
-    env = dict(ENV, PATH=f"{bin_dir}{os.pathsep}{ENV['PATH']}", SLURM_JOB_ID="4242", FAKE_SLURM_LOG=str(tmp_path / "log"),
-               PYTHON=sys.executable, MODEL=str(checkpoint.parent / "hf"), OUT=str(out), SAMPLES="2",
-               BENCHMARKS=" ".join(map(str, benchmarks)), MAX_NEW_TOKENS="16",
+    env = dict(ENV, PATH=f"{bin_dir}{os.pathsep}{ENV['PATH']}", SLURM_JOB_ID="4242",
+               FAKE_SLURM_LOG=str(tmp_path / "log"), PYTHON=sys.executable, MODEL=str(checkpoint.parent / "hf"),
+               OUT=str(out), SAMPLES="2", BENCHMARKS=" ".join(map(str, benchmarks)), MAX_NEW_TOKENS="16",
                EXTRA_ARGS="--backend transformers --batch-problems 1 --workers 1")
     job = subprocess.Popen(["bash", str(ROOT / "slurm" / "evaluate.sh")], env=env, cwd=str(tmp_path),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
