@@ -6,8 +6,8 @@ report.json and report.txt.
 """
 
 import json
-from dataclasses import asdict
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from redi_megatron.config import ConfigError
