@@ -1,4 +1,4 @@
-"""The demo run: synthetic teacher data -> REDI data -> tokens -> SFT -> REDI / baselines -> export -> grade.
+"""The demo run: synthetic teacher data -> REDI data -> tokens -> SFT -> REDI / baselines -> export -> evaluate.
 
 Every step uses the package's own tools, in the order a real run uses them (examples/README.md);
 training and checkpoint conversion run as subprocesses (`python -m redi_megatron.cli train`, one
@@ -46,6 +46,7 @@ class DemoSettings:
     seed: int = 0
     train_problems: int = 1200
     eval_problems: int = 200
+    eval_samples: int = 4  # sampled answers per held-out problem (pass@1 over them, as the paper with 16)
     generations_per_problem: int = 4
     mistake_rate: float = 0.4
     vocab_size: int = 512
@@ -175,21 +176,22 @@ def _run_stages(out_dir: str | Path, settings: DemoSettings) -> dict:
             f"train.train_steps={s.stage2_steps}",
             f"checkpoint.load={out / 'ckpt' / 'sft'}", "checkpoint.finetune=true"])
 
-    clock.stage("7/8 export to Hugging Face (convert_megatron_to_hf) and greedy generation on held-out problems")
-    problems = evaluation.read_jsonl(task["eval_problems"])
+    clock.stage(f"7/8 export to Hugging Face (convert_megatron_to_hf) and evaluate: {s.eval_samples} sampled "
+                "answers per held-out problem (redi-megatron evaluate)")
+    benchmark = evaluation.write_benchmark(task["eval_problems"], task["eval_references"],
+                                           out / "eval" / "held_out.jsonl")
     accuracy = {}
     scores = {}
     for name in runs:
         hf_dir = out / "hf" / name
         _run([TOOLS / "convert_megatron_to_hf.py", "--ckpt", out / "ckpt" / name, "--out", hf_dir],
              out / "logs" / f"export_{name}.log")
-        generations = evaluation.generate_answers(hf_dir, problems, s.max_new_tokens)
-        evaluation.write_jsonl(out / "eval" / f"{name}_generations.jsonl", generations)
-        scores[name] = evaluation.grade_generations(generations, task["eval_references"])
-        benchmark = next(iter(scores[name]["benchmarks"].values()))
-        accuracy[name] = benchmark["pass@1"]
-        print(f"  {name:<14} held-out accuracy {100 * benchmark['pass@1']:.1f}% "
-              f"({benchmark['problems']} problems)   [{clock.elapsed():.0f}s]")
+        scores[name] = evaluation.evaluate_model(hf_dir, benchmark, out / "eval" / name, s.eval_samples,
+                                                 s.max_new_tokens, s.seed)
+        result = next(iter(scores[name]["benchmarks"].values()))
+        accuracy[name] = result["pass@1"]
+        print(f"  {name:<14} held-out pass@1 {100 * result['pass@1']:.1f}% ± {100 * result['pass@1_stderr']:.1f} "
+              f"({result['problems']} problems x {result['k']} samples)   [{clock.elapsed():.0f}s]")
 
     clock.stage("8/8 summary")
     rows_out = []

@@ -70,7 +70,7 @@ def plot_curves(runs: dict[str, list[dict]], accuracies: dict[str, float], out_d
     figure, axis = plt.subplots(figsize=(6, 4))
     names = list(accuracies)
     axis.bar(names, [100 * accuracies[n] for n in names], color="tab:blue")
-    axis.set(ylabel="held-out accuracy (%)", title="Greedy accuracy on held-out problems")
+    axis.set(ylabel="held-out pass@1 (%)", title="pass@1 over sampled answers, held-out problems")
     paths.append(_save(figure, out_dir / "accuracy.png"))
     return paths
 
