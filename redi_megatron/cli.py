@@ -41,7 +41,8 @@ def _evaluate(args) -> int:
         report = evaluate(args.model, args.benchmarks, args.out, sampling, backend=args.backend,
                           batch_problems=args.batch_problems, iteration=args.iteration,
                           tensor_parallel=args.tensor_parallel, max_model_len=args.max_model_len,
-                          think_open=args.think_open, grader=args.grader, workers=args.workers,
+                          think_open=args.think_open, grader=args.grader, boxes=args.boxes,
+                          workers=args.workers,
                           timeout_s=args.timeout)
     except (ConfigError, BenchmarkFileError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -51,6 +52,7 @@ def _evaluate(args) -> int:
 
 
 def _add_evaluate_parser(commands) -> None:
+    from redi_megatron.data.answer_checking import BOX_MODES, GRADERS
     from redi_megatron.evaluation.prompts import THINK_OPEN
 
     evaluate = commands.add_parser(
@@ -74,7 +76,11 @@ def _add_evaluate_parser(commands) -> None:
     evaluate.add_argument("--tensor-parallel", type=int, default=None, help="vLLM: GPUs per model (default: all)")
     evaluate.add_argument("--max-model-len", type=int, default=None, help="vLLM: context length (default: the model's)")
     evaluate.add_argument("--think-open", default=THINK_OPEN, help="text the prompt ends with (default '<think>\\n')")
-    evaluate.add_argument("--grader", default="package", choices=("package", "paper"))
+    evaluate.add_argument("--grader", default="package", choices=GRADERS,
+                          help="package: our checker; paper: the REDI authors' rule (rllm's math reward)")
+    evaluate.add_argument("--boxes", default="last", choices=BOX_MODES,
+                          help="last: the last box only (the paper's rule); joined: trailing boxes joined "
+                               "(e.g. \\boxed{-2} and \\boxed{1} as the set {-2, 1})")
     evaluate.add_argument("--workers", type=int, default=None, help="answer-checking processes (default: CPUs)")
     evaluate.add_argument("--timeout", type=float, default=5.0, help="seconds per answer check")
     evaluate.set_defaults(run=_evaluate)

@@ -15,19 +15,12 @@ from redi_megatron.data.checker_pool import CheckerPool
 from redi_megatron.data.grading import grade, score_table
 from redi_megatron.evaluation.benchmarks import Problem
 
-GRADERS = ("package", "paper")
-
-
-def checker_pool(grader: str, workers: int | None, timeout_s: float) -> CheckerPool:
-    """Return a checker pool grading with the package's checker or, where this version has it, the paper's."""
-    if grader not in GRADERS:
-        raise ConfigError(f"--grader must be one of {', '.join(GRADERS)}, got {grader!r}")
-    if grader == "package":
-        return CheckerPool(workers, timeout_s)
+def checker_pool(grader: str, workers: int | None, timeout_s: float, boxes: str = "last") -> CheckerPool:
+    """Return a checker pool grading with the package's checker or the paper's rule."""
     try:
-        return CheckerPool(workers, timeout_s, grader=grader)
-    except TypeError as error:
-        raise ConfigError(f"--grader {grader}: this version's checker has no such grader ({error})") from None
+        return CheckerPool(workers, timeout_s, grader=grader, boxes=boxes)
+    except ValueError as error:
+        raise ConfigError(f"--grader {grader} --boxes {boxes}: {error}") from None
 
 
 def build_report(records: list[dict], problems: list[Problem], pool: CheckerPool) -> dict:

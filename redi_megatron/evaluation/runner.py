@@ -27,7 +27,7 @@ def evaluate(model: str | Path, benchmarks: list[str | Path], out_dir: str | Pat
              sampling: SamplingSettings = SamplingSettings(), *, backend: str = "auto",
              batch_problems: int | None = None, iteration: int | None = None,
              tensor_parallel: int | None = None, max_model_len: int | None = None,
-             think_open: str = THINK_OPEN, grader: str = "package", workers: int | None = None,
+             think_open: str = THINK_OPEN, grader: str = "package", boxes: str = "last", workers: int | None = None,
              timeout_s: float = 5.0, show_progress: bool = True) -> dict:
     """Return the report after generating what out_dir lacks for the benchmarks and grading all of it.
 
@@ -53,9 +53,10 @@ def evaluate(model: str | Path, benchmarks: list[str | Path], out_dir: str | Pat
 
     _write_jsonl(out / "references.jsonl", [p.reference() for p in problems])
     records = [log.records[p.id] for p in problems]
-    with checker_pool(grader, workers, timeout_s) as pool:
+    with checker_pool(grader, workers, timeout_s, boxes) as pool:
         report = build_report(records, problems, pool)
-    report["settings"] = {"model": model_identity, "sampling": asdict(sampling), "backend": backend, "grader": grader}
+    report["settings"] = {"model": model_identity, "sampling": asdict(sampling), "backend": backend, "grader": grader,
+                          "boxes": boxes}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "report.txt").write_text(report_text(report, Path(model).name) + "\n", encoding="utf-8")
     return report

@@ -42,5 +42,5 @@ def test_quick_demo_runs_end_to_end_with_the_same_table_on_1_and_2_threads(tmp_p
     for run in rows:
         assert _step_metrics(tmp_path / "one", run) == _step_metrics(tmp_path / "two", run)
     for run in rows:
-        assert (tmp_path / "one" / "eval" / f"{run}_generations.jsonl").read_text() == \
-            (tmp_path / "two" / "eval" / f"{run}_generations.jsonl").read_text()
+        assert (tmp_path / "one" / "eval" / run / "generations.jsonl").read_text() == \
+            (tmp_path / "two" / "eval" / run / "generations.jsonl").read_text()
