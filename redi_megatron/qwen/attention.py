@@ -123,8 +123,10 @@ class SdpaAttention(MegatronModule):
 
     def _per_document(self, q, k, v, cu_q: List[int], cu_kv: List[int], dropout):
         """Returns [t, np, hn]: causal SDPA over each document's [1, heads, length, hn] slice."""
-        pieces = []
+        pieces = [q.new_zeros(0, *q.shape[1:])]
         for i in range(len(cu_q) - 1):
+            if cu_q[i + 1] == cu_q[i]:
+                continue  # an empty document has no rows (and SDPA no zero-length kernel)
             doc_q, doc_k, doc_v = (t[a:b].transpose(0, 1).unsqueeze(0) for t, a, b in (
                 (q, cu_q[i], cu_q[i + 1]), (k, cu_kv[i], cu_kv[i + 1]), (v, cu_kv[i], cu_kv[i + 1])))
             pieces.append(self._sdpa(doc_q, doc_k, doc_v, dropout, is_causal=True)[0].transpose(0, 1))
