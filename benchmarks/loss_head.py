@@ -16,7 +16,8 @@ The peak memory of each (case, path) is measured in fresh processes (``--tp`` of
 CPU, NCCL on CUDA): on CPU the peak RSS of rank 0 (VmHWM, reset through /proc/self/clear_refs)
 then covers only that case; on CUDA it is torch.cuda.max_memory_allocated. "Peak extra" is the
 peak above what the inputs already hold. Time is the best of ``--repeats`` steps per path, the
-paths of a case timed in one job (the machine may be shared: the minimum is the least disturbed).
+paths of a case timed in one job, taking turns (the machine may be shared: the minimum is the
+least disturbed).
 
 Run from the repository root: ``python benchmarks/loss_head.py [--tokens 2048 8192 ...]``.
 """
@@ -143,26 +144,31 @@ def _worker(rank, port, tokens, vocab, paths, measure, args, result_file):
             _step(paths[0], *inputs, args.chunk_size)
         result = peak.extra_bytes / 2**20
     else:
-        result = {path: _best_seconds(path, inputs, device, args) for path in paths}
+        result = _best_seconds(paths, inputs, device, args)
     if rank == 0:
         with open(result_file, "w") as out:
             json.dump(result, out)
     torch.distributed.destroy_process_group()
 
 
-def _best_seconds(path, inputs, device, args):
-    """Returns the best of --repeats timed steps, after one untimed step at full size."""
-    seconds = []
+def _best_seconds(paths, inputs, device, args):
+    """Returns {path: best of --repeats timed steps}, after one untimed round at full size.
+
+    The paths take turns within each round, so that a change of load on a shared machine
+    disturbs them alike.
+    """
+    seconds = {path: [] for path in paths}
     for _ in range(args.repeats + 1):
-        for tensor in inputs[:2]:
-            tensor.grad = None
-        torch.distributed.barrier()
-        start = time.perf_counter()
-        _step(path, *inputs, args.chunk_size)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    return min(seconds[1:])
+        for path in paths:
+            for tensor in inputs[:2]:
+                tensor.grad = None
+            torch.distributed.barrier()
+            start = time.perf_counter()
+            _step(path, *inputs, args.chunk_size)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds[path].append(time.perf_counter() - start)
+    return {path: min(times[1:]) for path, times in seconds.items()}
 
 
 def _free_port() -> int:
@@ -184,7 +190,7 @@ def _spawn(tokens, vocab, paths, measure, args):
 def _measure(tokens, vocab, args):
     """Returns {path: (peak extra MiB, seconds)}: memory in a fresh job per path, times together.
 
-    The paths are timed in one job, one after the other, so that load from other users of the
+    The paths are timed in one job, taking turns, so that load from other users of the
     machine disturbs them alike.
     """
     peaks = {path: _spawn(tokens, vocab, [path], "memory", args) for path in args.paths}

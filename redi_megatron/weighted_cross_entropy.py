@@ -351,7 +351,7 @@ class _TokenLogprobs(torch.autograd.Function):
 
 
 class _WeightedNLL(torch.autograd.Function):
-    """(sum_t w_t * -log p(label_t), log p); gradients are computed in forward, scaled in backward."""
+    """(sum_t w_t * -log p(label_t), log p); gradients computed in forward, scaled in backward."""
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, token_weights, active, chunk_size, group, vocab_size,
