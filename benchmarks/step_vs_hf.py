@@ -1,10 +1,10 @@
 """One REDI step of the package against Hugging Face transformers + a TRL-style loss, same weights.
 
     python benchmarks/step_vs_hf.py [--seq-lengths 1024 2048 8192] [--steps 2] [--warmup 1]
-                                    [--local-up-to 2048]
+                                    [--local-up-to 2048] [--hf-up-to N] [--pairs 2]
 
 Shape (issue 10): a Qwen2 of hidden 512, 6 layers, 8 query / 2 key-value heads, intermediate 1408,
-vocab 32,000 (tied embeddings), 2 pairs = 4 rows of --seq-length tokens, each a 32-token prompt
+vocab 32,000 (tied embeddings), --pairs 2 pairs = 4 rows of --seq-length tokens, each a 32-token prompt
 and a completion to the end of the row (no padding). One step is forward, backward and AdamW
 (lr 5e-5, weight decay 1e-4 on matrices, gradient clipping at 1.0) in fp32 on CPU (bf16 on CUDA).
 
@@ -38,14 +38,14 @@ import torch  # noqa: E402
 
 SHAPE = dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=2,
              intermediate_size=1408, vocab_size=32000, tie_word_embeddings=True)
-PAIRS, PROMPT, ALPHA = 2, 32, 0.8
+PROMPT, ALPHA = 32, 0.8
 LR, WEIGHT_DECAY, CLIP = 5e-5, 1e-4, 1.0
 
 
-def _batch(seq_length: int, vocab: int, seed: int = 0):
-    """Returns 2 pairs of rows (chosen, rejected interleaved): tokens, labels, loss mask, positions."""
+def _batch(pairs: int, seq_length: int, vocab: int, seed: int = 0):
+    """Returns pairs of rows (chosen, rejected interleaved): tokens, labels, loss mask, positions."""
     generator = torch.Generator().manual_seed(seed)
-    rows = 2 * PAIRS
+    rows = 2 * pairs
     tokens = torch.randint(0, vocab, (rows, seq_length), generator=generator)
     loss_mask = torch.zeros(rows, seq_length)
     loss_mask[:, PROMPT - 1:seq_length - 1] = 1.0  # label t+1 of position t; the last has none
@@ -80,7 +80,8 @@ def _timed_steps(step, steps: int, warmup: int):
     return losses[0], min(times), before
 
 
-def _package_worker(work: str, seq_length: int, steps: int, warmup: int, attention: str):
+def _package_worker(work: str, pairs: int, seq_length: int, steps: int, warmup: int,
+                    attention: str):
     from redi_megatron.checkpointing import load_checkpoint
     from redi_megatron.config import load_config
     from redi_megatron.engine import build_engine
@@ -88,18 +89,18 @@ def _package_worker(work: str, seq_length: int, steps: int, warmup: int, attenti
 
     config = load_config(None, [
         f"model.hf_config={work}/hf", f"model.attention={attention}",
-        f"data.seq_length={seq_length}", f"data.micro_batch_size={2 * PAIRS}",
-        f"data.global_batch_size={PAIRS}", "loss.objective=redi", f"loss.alpha={ALPHA}",
+        f"data.seq_length={seq_length}", f"data.micro_batch_size={2 * pairs}",
+        f"data.global_batch_size={pairs}", "loss.objective=redi", f"loss.alpha={ALPHA}",
         f"optim.lr={LR}", f"optim.weight_decay={WEIGHT_DECAY}", f"optim.clip_grad={CLIP}",
         "optim.warmup_fraction=0.0",
     ])
     engine = build_engine(config, total_steps=100)
     load_checkpoint(f"{work}/ckpt", engine.chunks, engine.optimizer, weights_only=True)
-    batch = _batch(seq_length, SHAPE["vocab_size"])
+    batch = _batch(pairs, seq_length, SHAPE["vocab_size"])
     return _timed_steps(lambda: train_step(engine, [batch])["loss"], steps, warmup)
 
 
-def _hf_worker(work: str, seq_length: int, steps: int, warmup: int):
+def _hf_worker(work: str, pairs: int, seq_length: int, steps: int, warmup: int):
     from transformers import Qwen2ForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -111,7 +112,7 @@ def _hf_worker(work: str, seq_length: int, steps: int, warmup: int):
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=LR, eps=1e-8)
-    batch = {k: v.to(device) for k, v in _batch(seq_length, SHAPE["vocab_size"]).items()}
+    batch = {k: v.to(device) for k, v in _batch(pairs, seq_length, SHAPE["vocab_size"]).items()}
 
     def step():
         logits = model(input_ids=batch["tokens"], position_ids=batch["position_ids"]).logits
@@ -150,11 +151,11 @@ def _worker(args) -> None:
     _cap_address_space()
     try:
         if args.worker == "hf":
-            loss, seconds, before = _hf_worker(args.work, args.seq_length, args.steps,
-                                               args.warmup)
+            loss, seconds, before = _hf_worker(args.work, args.pairs, args.seq_length,
+                                               args.steps, args.warmup)
         else:
-            loss, seconds, before = _package_worker(args.work, args.seq_length, args.steps,
-                                                    args.warmup, args.worker)
+            loss, seconds, before = _package_worker(args.work, args.pairs, args.seq_length,
+                                                    args.steps, args.warmup, args.worker)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result = dict(loss=loss, seconds=seconds, peak_mb=peak, step_mb=peak - before)
     except (RuntimeError, MemoryError) as error:
@@ -167,7 +168,7 @@ def _worker(args) -> None:
 def _run(work: str, worker: str, seq_length: int, args) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--work", work,
                "--seq-length", str(seq_length), "--steps", str(args.steps),
-               "--warmup", str(args.warmup)]
+               "--warmup", str(args.warmup), "--pairs", str(args.pairs)]
     done = subprocess.run(command, capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -191,6 +192,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     parser.add_argument("--local-up-to", type=int, default=2048,
                         help="also run Megatron's local attention up to this length (0: never)")
+    parser.add_argument("--hf-up-to", type=int, default=0,
+                        help="run the HF loop only up to this length (0: always); its full "
+                             "logits need ~26 GB at 8,192 tokens and 2 pairs")
+    parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--worker", choices=["prepare", "sdpa", "local", "hf"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--seq-length", type=int, help=argparse.SUPPRESS)
@@ -198,8 +203,8 @@ def main():
     if args.worker:
         _worker(args)
         return
-    print(f"torch threads {torch.get_num_threads()}, {args.warmup} warm-up + best of {args.steps} "
-          "steps; columns: step time, peak RSS, step memory (peak - RSS before the first step), "
+    print(f"{args.pairs} pairs, torch threads {torch.get_num_threads()}, {args.warmup} warm-up + "
+          f"best of {args.steps} steps; columns: step time, peak RSS, step memory (peak - RSS before the first step), "
           "first-step loss")
     with tempfile.TemporaryDirectory(prefix="step_vs_hf_") as work:
         prepared = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",
@@ -207,7 +212,10 @@ def main():
         if prepared.returncode:
             sys.exit(prepared.stderr)
         for seq_length in args.seq_lengths:
-            hf = _run(work, "hf", seq_length, args)
+            if args.hf_up_to and seq_length > args.hf_up_to:
+                hf = dict(error="not run (--hf-up-to)")
+            else:
+                hf = _run(work, "hf", seq_length, args)
             print(f"{seq_length:>6} tokens  hf (sdpa, full logits)    {_cell(hf)}", flush=True)
             workers = ["sdpa"] + (["local"] if seq_length <= args.local_up_to else [])
             for worker in workers:

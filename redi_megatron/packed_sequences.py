@@ -2,8 +2,10 @@
 
 Megatron's packed format ('thd') has a batch dimension of 1: a packed micro-batch's rows
 [rows, L] (redi_megatron.data.packing) are laid end to end as one sequence [1, rows * L], and
-``cu_seqlens`` marks where each document starts, so attention and RoPE (Megatron restarts the
-rotary positions at every cu_seqlens entry) stay within a document. The boundaries are read off
+``cu_seqlens`` marks where each document starts, so attention and RoPE stay within a document
+(megatron-core 0.16 and 0.19 restart the rotary positions at every cu_seqlens entry:
+``rope_utils._apply_rotary_pos_emb_thd``; Transformer Engine's THD attention reads the same
+PackedSeqParams). The boundaries are read off
 the per-document position ids, which restart at 0 for every document and for every row's
 trailing padding (a document of its own that nothing reads), so they stay right after padding
 trimming cuts the sequence short.
