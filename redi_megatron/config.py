@@ -45,6 +45,10 @@ class ParallelConfig:
     sequence_parallel: bool = False
     context: int = 1
     distributed_optimizer: bool = False
+    # Decoder layers on the first / last pipeline stage (the rest split evenly over the middle
+    # stages). Both null: an even split, or an automatic uneven one (redi_megatron.pipeline_split).
+    layers_in_first_stage: Optional[int] = None
+    layers_in_last_stage: Optional[int] = None
 
 
 @dataclass
