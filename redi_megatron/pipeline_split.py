@@ -67,10 +67,15 @@ def first_and_last_stage_layers(num_layers: int,
     first, last = parallel.layers_in_first_stage, parallel.layers_in_last_stage
     if first is not None or last is not None:
         _check_explicit(num_layers, pipeline, virtual, first, last)
-        return first, last
-    if num_layers % (pipeline * virtual) == 0:
+    elif num_layers % (pipeline * virtual) == 0:
         return None, None
-    return _automatic(num_layers, pipeline, virtual)
+    else:
+        first, last = _automatic(num_layers, pipeline, virtual)
+    if pipeline == 2 and first is not None and last is not None:
+        # The same split stated by the first count alone: with both set and no middle stage,
+        # Megatron's layer offset under virtual stages divides by the number of middle stages.
+        return first, None
+    return first, last
 
 
 def layers_per_stage(num_layers: int, parallel: ParallelConfig) -> List[int]:

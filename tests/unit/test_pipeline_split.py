@@ -12,6 +12,7 @@ from redi_megatron.pipeline_split import first_and_last_stage_layers, layers_per
     (3, ParallelConfig(pipeline=2), [2, 1]),
     (10, ParallelConfig(pipeline=8), [2, 1, 1, 1, 1, 1, 1, 2]),
     (12, ParallelConfig(pipeline=4, virtual_pipeline=2), [2, 4, 4, 2]),
+    (6, ParallelConfig(pipeline=2, virtual_pipeline=2), [4, 2]),
     (3, ParallelConfig(pipeline=2, layers_in_first_stage=1), [1, 2]),
     (28, ParallelConfig(pipeline=8, layers_in_first_stage=1, layers_in_last_stage=3),
      [1, 4, 4, 4, 4, 4, 4, 3]),
@@ -22,8 +23,13 @@ def test_layers_per_stage(layers, parallel, expected):
     assert counts == expected and sum(counts) == layers
 
 
-def test_even_split_leaves_megatron_defaults():
+def test_megatron_counts():
     assert first_and_last_stage_layers(28, ParallelConfig(pipeline=4)) == (None, None)
+    assert first_and_last_stage_layers(28, ParallelConfig(pipeline=8)) == (2, 2)
+    # Two stages: the first count alone (Megatron's VPP offsets need a middle stage otherwise).
+    assert first_and_last_stage_layers(3, ParallelConfig(pipeline=2)) == (2, None)
+    assert first_and_last_stage_layers(
+        3, ParallelConfig(pipeline=2, layers_in_first_stage=1, layers_in_last_stage=2)) == (1, None)
 
 
 @pytest.mark.parametrize("layers,parallel,words", [
