@@ -24,14 +24,15 @@ import random
 import shutil
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import megatron.core
+import numpy as np
 import torch
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.utils import unwrap_model
 
 from redi_megatron.config import OPTIMIZER_FORMATS
+from redi_megatron.torch_adam_state import prepare_torch_adam
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 HF_SOURCE_DIR = "hf_source"
@@ -135,48 +136,6 @@ def _optimizer_load_metadata(directory: str, saved: Optional[Dict[str, Any]], op
             "Load with checkpoint.load_optimizer=false (weights only, fresh optimizer state), or "
             "resume at the saved layout and save with checkpoint.optimizer_format=fully_reshardable")
     return {"distrib_optim_sharding_type": saved["format"]}
-
-
-def _prepare_torch_adam(optimizer) -> None:
-    """Lets a distributed optimizer over torch's Adam (no TE/apex FusedAdam) load its state exactly.
-
-    Three gaps in megatron-core (0.16 and 0.19 alike) when the inner optimizer is torch's Adam:
-    DistributedOptimizer.state_dict() reads 'step' from every parameter's state, which torch's
-    Adam creates only at its first step; load_state_dict() restores the step from the param groups
-    as ONE tensor shared by every parameter, which torch's Adam then increments once per
-    parameter per step (wrong bias correction from the first resumed step on); and the
-    parameter-state loads copy a per-parameter 'step' that the fully_reshardable format does not
-    carry and the dp_reshardable format does not restore. So an unstepped Adam gets zero state
-    (the load overwrites it), and each parameter keeps its own copy of the param groups' step.
-    """
-    for wrapper in getattr(optimizer, "chained_optimizers", [optimizer]):
-        adam = getattr(wrapper, "optimizer", None)
-        if not isinstance(adam, (torch.optim.Adam, torch.optim.AdamW)):
-            continue
-        for group in adam.param_groups:
-            for param in group["params"]:
-                if not adam.state[param]:
-                    adam.state[param] = {"step": torch.tensor(0.0),
-                                         "exp_avg": torch.zeros_like(param),
-                                         "exp_avg_sq": torch.zeros_like(param)}
-        if not getattr(wrapper, "_redi_owns_steps", False):
-            wrapper._set_main_param_and_optimizer_states = _with_own_step(wrapper)
-            wrapper._redi_owns_steps = True
-
-
-def _with_own_step(distributed_optimizer):
-    original = distributed_optimizer._set_main_param_and_optimizer_states
-
-    def set_states(model_param, tensors):
-        group, order = distributed_optimizer.model_param_group_index_map[model_param]
-        main_param = distributed_optimizer.optimizer.param_groups[group]["params"][order]
-        state = distributed_optimizer.optimizer.state[main_param]
-        if "step" in state:
-            state["step"] = state["step"].detach().clone()
-            tensors = dict(tensors, step=state["step"])
-        return original(model_param, tensors)
-
-    return set_states
 
 
 def installed_versions() -> Dict[str, str]:
@@ -358,7 +317,7 @@ def load_checkpoint(
         metadata = _optimizer_load_metadata(directory, saved_train_state.get("optimizer"),
                                             optimizer, chunks)
         if _is_distributed(optimizer):
-            _prepare_torch_adam(optimizer)
+            prepare_torch_adam(optimizer)
         request["optimizer"] = optimizer.sharded_state_dict(request, is_loading=True,
                                                             metadata=metadata)
     same_layout = saved_train_state.get("layout") == _layout()
