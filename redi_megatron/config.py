@@ -49,6 +49,10 @@ class ParallelConfig:
     sequence_parallel: bool = False
     context: int = 1
     distributed_optimizer: bool = False
+    # Decoder layers on the first / last pipeline stage (the rest split evenly over the middle
+    # stages). Both null: an even split, or an automatic uneven one (redi_megatron.pipeline_split).
+    layers_in_first_stage: Optional[int] = None
+    layers_in_last_stage: Optional[int] = None
 
 
 @dataclass
@@ -122,6 +126,9 @@ class CheckpointConfig:
     finetune: bool = False
     # Load the optimizer state when resuming (set False to resume under a different layout).
     load_optimizer: bool = True
+    # Distributed-optimizer state format: dp_reshardable (parallel, reloads at the same TP/PP split)
+    # or fully_reshardable (gathered over DP at save, reloads at any layout).
+    optimizer_format: str = "dp_reshardable"
 
 
 @dataclass
@@ -139,6 +146,7 @@ OBJECTIVES = ("sft", "redi", "symmetric", "simpo", "dpo")
 PRECISIONS = ("auto", "fp32", "bf16")
 FP8_FORMATS = (None, "hybrid", "e4m3")
 ATTENTIONS = ("auto", "sdpa", "local", "te")
+OPTIMIZER_FORMATS = ("dp_reshardable", "fully_reshardable")
 
 
 def _field_types(cls) -> Dict[str, Any]:
@@ -319,6 +327,9 @@ def validate_config(config: RunConfig) -> None:
         raise ConfigError("set train.epochs > 0 or train.train_steps > 0")
     if config.checkpoint.save_interval and not config.checkpoint.save:
         raise ConfigError("checkpoint.save_interval is set but checkpoint.save (a directory) is empty")
+    if config.checkpoint.optimizer_format not in OPTIMIZER_FORMATS:
+        raise ConfigError(f"checkpoint.optimizer_format='{config.checkpoint.optimizer_format}' is "
+                          f"not one of {', '.join(OPTIMIZER_FORMATS)}")
 
 
 def config_to_dict(config: RunConfig) -> Dict[str, Any]:

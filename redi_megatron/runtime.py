@@ -10,6 +10,7 @@ import torch
 
 from redi_megatron.config import ConfigError, ParallelConfig
 from redi_megatron.cpu_shims import apply_cpu_shims
+from redi_megatron.pipeline_split import first_and_last_stage_layers
 from redi_megatron.qwen.architecture import QwenArchitecture
 
 
@@ -105,12 +106,7 @@ def validate_layout(arch: QwenArchitecture, parallel: ParallelConfig, world_size
         raise ConfigError(
             f"parallel.tensor={tp} must divide intermediate_size ({arch.intermediate_size})"
         )
-    stages = pp * (parallel.virtual_pipeline or 1)
-    if arch.num_layers % stages:
-        raise ConfigError(
-            f"num_layers={arch.num_layers} is not divisible by parallel.pipeline x "
-            f"parallel.virtual_pipeline = {stages}"
-        )
+    first_and_last_stage_layers(arch.num_layers, parallel)
     model_parallel = tp * pp * cp
     if world_size % model_parallel:
         raise ConfigError(

@@ -96,7 +96,8 @@ def _resume(config: RunConfig, engine, loader) -> int:
 def _save(config: RunConfig, engine, loader, step: int) -> None:
     save_checkpoint(config.checkpoint.save, step, engine.chunks, engine.optimizer,
                     engine.scheduler,
-                    {"loader": loader.state_dict(), "config": config_to_dict(config)})
+                    {"loader": loader.state_dict(), "config": config_to_dict(config)},
+                    config.checkpoint.optimizer_format)
     if torch.distributed.get_rank() == 0:
         print(f"saved checkpoint {config.checkpoint.save} at step {step}", flush=True)
 

@@ -17,13 +17,19 @@ def parse_args(argv=None) -> argparse.Namespace:
             "Write a Megatron dist-checkpoint (OUT/iter_0000000 + OUT/hf_source) from a Hugging "
             "Face Qwen2 directory. The checkpoint holds full (TP=1) tensors with their global "
             "shapes, so the training loop loads it at any TP/PP/VPP layout "
-            "(checkpoint.load=OUT checkpoint.finetune=true). --tp/--pp/--vpp only validate the "
-            "target layout, set the vocabulary padding (a multiple of 128 x TP) and are recorded."))
+            "(checkpoint.load=OUT checkpoint.finetune=true). --tp/--pp/--vpp and the stage layer "
+            "counts only validate the target layout, set the vocabulary padding (a multiple of "
+            "128 x TP) and are recorded."))
     parser.add_argument("--hf", required=True, help="Hugging Face model directory")
     parser.add_argument("--out", required=True, help="checkpoint root to create (must be empty)")
     parser.add_argument("--tp", type=int, default=1, help="target tensor-parallel size")
     parser.add_argument("--pp", type=int, default=1, help="target pipeline-parallel size")
     parser.add_argument("--vpp", type=int, default=None, help="target virtual pipeline stages")
+    parser.add_argument("--layers-in-first-stage", type=int, default=None,
+                        help="decoder layers on the first pipeline stage (default: even split, "
+                             "or automatic when the layers do not split evenly)")
+    parser.add_argument("--layers-in-last-stage", type=int, default=None,
+                        help="decoder layers on the last pipeline stage")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="source",
                         help="parameter dtype of the checkpoint (default: the source's)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -44,7 +50,9 @@ def main(argv=None) -> int:
     from redi_megatron.qwen.logit_check import report_verification, verify
 
     dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
-    parallel = ParallelConfig(tensor=args.tp, pipeline=args.pp, virtual_pipeline=args.vpp)
+    parallel = ParallelConfig(tensor=args.tp, pipeline=args.pp, virtual_pipeline=args.vpp,
+                              layers_in_first_stage=args.layers_in_first_stage,
+                              layers_in_last_stage=args.layers_in_last_stage)
     try:
         overrides = dict(parse_override(item) for item in args.override)
         convert_hf_to_megatron(args.hf, args.out, parallel, dtype, overrides,

@@ -25,6 +25,7 @@ from redi_megatron.qwen.architecture import (QwenArchitecture, architecture_from
 from redi_megatron.qwen.hf_checkpoint_io import (CheckpointFormatError, SafetensorsReader,
                                                  ShardedSafetensorsWriter, TensorSpec,
                                                  copy_tokenizer_files, dtype_name, write_json)
+from redi_megatron.pipeline_split import layers_per_stage
 from redi_megatron.runtime import validate_layout
 
 OVERRIDABLE = ("rope_theta", "max_position_embeddings")
@@ -132,7 +133,8 @@ def convert_hf_to_megatron(
         "has_optimizer": False,
         "converted_from": os.path.abspath(hf_dir),
         "target_layout": {"tensor": parallel.tensor, "pipeline": parallel.pipeline,
-                          "virtual_pipeline": parallel.virtual_pipeline},
+                          "virtual_pipeline": parallel.virtual_pipeline,
+                          "layers_per_stage": layers_per_stage(arch.num_layers, parallel)},
         "padded_vocab_size": padded_vocab,
     }
     directory = mcore_io.write_checkpoint(out_root, 0, state, train_state)

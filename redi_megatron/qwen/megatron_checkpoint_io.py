@@ -15,7 +15,7 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
 from redi_megatron import runtime
-from redi_megatron.checkpointing import commit_checkpoint, staging_dir
+from redi_megatron.checkpointing import commit_checkpoint, staging_dir, write_versions
 from redi_megatron.config import ModelConfig, ParallelConfig
 from redi_megatron.qwen.architecture import QwenArchitecture
 from redi_megatron.qwen.model import build_model_chunks, transformer_config
@@ -58,6 +58,7 @@ def write_checkpoint(root: str, iteration: int, state: Dict[str, Any],
     """
     staging = staging_dir(root, iteration)
     dist_checkpointing.save({MODEL_KEY: state, "train_state": train_state}, staging)
+    write_versions(staging)
     return commit_checkpoint(root, iteration)
 
 

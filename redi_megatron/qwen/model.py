@@ -18,10 +18,14 @@ from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_layer_local_spec,
     get_gpt_layer_with_transformer_engine_spec,
 )
-from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+from megatron.core.transformer.transformer_block import (
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from redi_megatron.config import ConfigError, ModelConfig, ParallelConfig
+from redi_megatron.pipeline_split import first_and_last_stage_layers
 from redi_megatron.qwen.architecture import QwenArchitecture
 from redi_megatron.qwen.attention import SdpaAttention, resolve_attention
 from redi_megatron.runtime import Accelerators
@@ -107,6 +111,7 @@ def transformer_config(
         raise ConfigError(f"parallel.context={parallel.context} needs Transformer Engine on a GPU "
                           "(Megatron's local attention has no context parallelism); set it to 1")
     fused = accelerators.cuda
+    first_stage_layers, last_stage_layers = first_and_last_stage_layers(arch.num_layers, parallel)
     return TransformerConfig(
         num_layers=arch.num_layers,
         hidden_size=arch.hidden_size,
@@ -148,10 +153,13 @@ def transformer_config(
         recompute_granularity=model.recompute,
         recompute_method="uniform" if model.recompute == "full" else None,
         recompute_num_layers=1 if model.recompute == "full" else None,
+        num_layers_in_first_pipeline_stage=first_stage_layers,
+        num_layers_in_last_pipeline_stage=last_stage_layers,
     )
 
 
-def layer_spec(config: TransformerConfig, accelerators: Accelerators, attention: str = "auto"):
+def layer_spec(config: TransformerConfig, accelerators: Accelerators, attention: str = "auto",
+               vp_stage: Optional[int] = None):
     """Returns the decoder block spec: Transformer Engine's, or Megatron's local one (``attention``)."""
     attention = resolve_attention(attention, accelerators)
     if attention == "te":
@@ -170,13 +178,9 @@ def layer_spec(config: TransformerConfig, accelerators: Accelerators, attention:
         if attention == "sdpa":
             layer.submodules.self_attention.submodules.core_attention = SdpaAttention
         final_norm = QwenRMSNorm
-    return TransformerBlockSubmodules(layer_specs=[layer] * _layers_per_chunk(config),
-                                      layer_norm=final_norm)
-
-
-def _layers_per_chunk(config: TransformerConfig) -> int:
-    chunks = config.pipeline_model_parallel_size * (config.virtual_pipeline_model_parallel_size or 1)
-    return config.num_layers // chunks
+    return TransformerBlockSubmodules(
+        layer_specs=[layer] * get_num_layers_to_build(config, vp_stage=vp_stage),
+        layer_norm=final_norm)
 
 
 def build_model_chunk(
@@ -192,7 +196,7 @@ def build_model_chunk(
     post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     model = QwenGPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(config, accelerators, attention),
+        transformer_layer_spec=layer_spec(config, accelerators, attention, vp_stage),
         vocab_size=padded_vocab_size,
         max_sequence_length=arch.max_position_embeddings,
         pre_process=pre_process,

@@ -25,6 +25,10 @@ def _train(*args, timeout=120):
     (["parallel.sequence_parallel=true"], "parallel.sequence_parallel=true needs parallel.tensor >= 2"),
     (["model.num_attention_heads=6", "model.num_key_value_heads=6", "parallel.tensor=4"],
      "parallel.tensor=4 must divide the number of attention heads (6)"),
+    (["model.num_layers=3", "parallel.pipeline=2", "parallel.layers_in_first_stage=1",
+      "parallel.layers_in_last_stage=1"],
+     "parallel.layers_in_first_stage=1 + parallel.layers_in_last_stage=1 must equal num_layers=3"),
+    (["checkpoint.optimizer_format=zero"], "checkpoint.optimizer_format='zero' is not one of"),
 ])
 def test_bad_config_exits_with_a_clear_message(args, message):
     result = _train(*args)
