@@ -1,6 +1,7 @@
 """The `redi-megatron` command: `train` a run from a YAML config, or run the built-in `demo`."""
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -17,9 +18,19 @@ def _train(args) -> int:
 
         train(config)
     except (ConfigError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        # Every rank finds the same error; one message is enough.
+        if _global_rank() == 0:
+            print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _global_rank() -> int:
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
 
 
 def _demo(args) -> int:
