@@ -1,0 +1,46 @@
+"""Stop requests (signal or stop file) and metrics.jsonl after a resume."""
+
+import json
+import os
+import signal
+
+import torch
+
+from redi_megatron.run_logging import truncate_metrics
+from redi_megatron.stop_request import StopRequest, signals_deferred
+
+
+def test_metrics_after_the_resumed_step_are_dropped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": step, "loss": 1.0 / step}) for step in range(1, 9)]
+    path.write_text("\n".join(lines) + '\n{"step": 9, "lo')  # torn last line: killed mid-write
+    assert truncate_metrics(str(path), 5) == 4
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4, 5]
+    assert truncate_metrics(str(path), 5) == 0
+    assert truncate_metrics(str(tmp_path / "absent.jsonl"), 5) == 0
+
+
+def test_stop_file_and_signal_request_a_stop(tmp_path):
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop = StopRequest(stop_file=str(tmp_path / "stop"))
+        assert not stop.requested_here()
+        (tmp_path / "stop").touch()
+        assert stop.requested_here()
+        stop = StopRequest(stop_file="")
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert not stop.requested  # held back until the save is over
+        assert stop.requested
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def test_acknowledge_records_the_saved_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    stop = StopRequest(stop_file=str(tmp_path / "stop"))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop.acknowledge(7)
+    assert (tmp_path / "stop").read_text() == "saved 7\n"
