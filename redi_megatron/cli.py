@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import signal
 import sys
 import warnings
 
@@ -18,7 +19,10 @@ def _train(args) -> int:
 
         train(config)
     except (ConfigError, CheckpointError) as error:
-        # Every rank finds the same error; one message is enough.
+        # Every rank finds the same error and exits 2: the first to exit must not get the others
+        # killed by a launcher's SIGTERM (srun --kill-on-bad-exit), which would change the status.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # One message is enough.
         if _global_rank() == 0:
             print(f"error: {error}", file=sys.stderr)
         return 2

@@ -122,8 +122,8 @@ launch_job() {
         echo "the trainer $(cat "$REDI_STOP_FILE") before the job ended"
         if [[ $AUTO_REQUEUE == 1 ]]; then
             echo "requeueing job $SLURM_JOB_ID to continue from that checkpoint"
-            # Fails harmlessly when Slurm is requeueing the job already (scontrol requeue).
-            scontrol requeue "$SLURM_JOB_ID" || true
+            scontrol requeue "$SLURM_JOB_ID" ||
+                echo "scontrol requeue failed: fine when Slurm is requeueing the job already (scontrol requeue)"
         fi
     fi
     return "$status"
