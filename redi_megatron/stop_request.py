@@ -47,10 +47,11 @@ class StopRequest:
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Blocks SIGTERM/SIGINT while the block runs; a signal that came meanwhile is handled after.
+    """Blocks SIGTERM/SIGINT in this thread while the block runs, and so in the processes it forks.
 
     A checkpoint save must finish once started: megatron writes it from forked processes, which
-    inherit the blocked mask, so a signal cannot interrupt them halfway either.
+    inherit the blocked mask, so a signal cannot end them halfway. (In this process a signal that
+    another thread takes runs StopRequest's handler, which only records it.)
     """
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     try:
