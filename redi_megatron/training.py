@@ -22,13 +22,15 @@ def build_loader(config: RunConfig, arch):
 
     if not config.data.path:
         raise ConfigError("data.path is empty: set it to a shard prefix from tools/preprocess_data.py")
-    data, dp_size = config.data, parallel_state.get_data_parallel_world_size()
+    data, parallel = config.data, config.parallel
+    dp_size = parallel_state.get_data_parallel_world_size()
     if data.global_batch_size % (data.micro_batch_size * dp_size):
         raise ConfigError(
             f"data.global_batch_size={data.global_batch_size} is not divisible by "
             f"data.micro_batch_size={data.micro_batch_size} x {dp_size} data-parallel ranks "
-            f"(world size {torch.distributed.get_world_size()} / parallel.tensor x "
-            "parallel.pipeline x parallel.context): change the batch sizes or the process count")
+            f"({torch.distributed.get_world_size()} processes / (parallel.tensor={parallel.tensor} "
+            f"x parallel.pipeline={parallel.pipeline} x parallel.context={parallel.context})): "
+            "change the batch sizes or the number of processes")
     loader = MicroBatchLoader(
         config.data.path,
         seq_length=config.data.seq_length,

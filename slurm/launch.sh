@@ -8,7 +8,8 @@
 #   finishes the step, saves, records "saved N" in that file and exits 0; the job then requeues
 #   itself and resumes from the checkpoint. srun itself is never signalled: it would kill the step.
 #   `scontrol requeue`, preemption and `scancel` send SIGTERM to every process: the trainer saves
-#   the same way within the cluster's KillWait (slurm.conf) before Slurm kills what is left.
+#   the same way within the cluster's KillWait (slurm.conf) before Slurm kills what is left, and
+#   the job comes back only if Slurm requeues it (a cancelled job stays cancelled).
 # Settings (environment variables, all optional):
 #   SAVE_DIR          checkpoint.save override (where the run saves and resumes from)
 #   LOAD_DIR          checkpoint.load override (the Stage 1 result or a converted base model)
@@ -120,10 +121,15 @@ launch_job() {
     trap - TERM
     if ((status == 0)) && grep -q '^saved' "$REDI_STOP_FILE" 2>/dev/null; then
         echo "the trainer $(cat "$REDI_STOP_FILE") before the job ended"
-        if [[ $AUTO_REQUEUE == 1 ]]; then
+        # RUNNING: the time-limit signal. Otherwise Slurm is ending the job (scancel, scontrol
+        # requeue, preemption) and decides itself whether it comes back.
+        local state
+        state=$(scontrol show job "$SLURM_JOB_ID" | grep -o 'JobState=[A-Z_]*' || true)
+        if [[ $AUTO_REQUEUE == 1 && $state == JobState=RUNNING ]]; then
             echo "requeueing job $SLURM_JOB_ID to continue from that checkpoint"
-            scontrol requeue "$SLURM_JOB_ID" ||
-                echo "scontrol requeue failed: fine when Slurm is requeueing the job already (scontrol requeue)"
+            scontrol requeue "$SLURM_JOB_ID"
+        else
+            echo "not requeueing here (${state:-JobState unknown}, AUTO_REQUEUE=$AUTO_REQUEUE)"
         fi
     fi
     return "$status"

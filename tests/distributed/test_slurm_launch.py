@@ -150,7 +150,21 @@ def test_scontrol_requeue_saves_and_resumes(slurm, workdir, reference):
     job.assert_completed(restarts=1)
     stopped = _stopped_at(job)
     assert f"resuming from {job.dir / 'ckpt'} (iteration {stopped})" in job.text()
+    assert "not requeueing here" in job.text()  # Slurm requeues it, not the batch script
     _assert_same_run(job, reference)
+
+
+@pytest.mark.timeout(900)
+def test_scancel_saves_and_stays_cancelled(slurm, workdir):
+    job = Job(slurm, workdir, "cancelled").submit()
+    job.wait_for_step(3)
+    subprocess.run(["scancel", str(job.id)], env=slurm, check=True, timeout=60)
+    fields = job.wait_finished()
+    assert (fields["JobState"], fields["Restarts"]) == ("CANCELLED", "0"), job.diagnose()
+    stopped = _stopped_at(job)
+    assert "not requeueing here" in job.text()
+    assert (job.dir / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == str(stopped)
+    assert [m["step"] for m in job.metrics()] == list(range(1, stopped + 1))
 
 
 @pytest.mark.timeout(900)
