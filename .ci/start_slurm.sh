@@ -73,7 +73,8 @@ SwitchType=switch/none
 ReturnToService=2
 SlurmdParameters=config_overrides
 JobRequeue=1
-KillWait=30
+# Seconds between SIGTERM and SIGKILL when Slurm ends a job: room for a save on a loaded machine.
+KillWait=120
 MinJobAge=300
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1,bf_interval=1
