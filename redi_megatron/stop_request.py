@@ -3,6 +3,8 @@
 import contextlib
 import os
 import signal
+from multiprocessing import get_context
+from multiprocessing.managers import SyncManager
 
 import torch
 
@@ -58,3 +60,27 @@ def signals_deferred():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _ignore_stop_signals() -> None:
+    for signum in _SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def shield_checkpoint_writer() -> None:
+    """Starts megatron's checkpoint-writer result queue in a process that ignores SIGTERM/SIGINT.
+
+    megatron-core's file writer reports through a queue served by a spawned manager process,
+    which starts with default signal handling: a SIGTERM to the whole job (`scontrol requeue`,
+    `scancel`) kills it and the save in progress fails with ConnectionRefusedError. Does nothing
+    when the queue exists already or this megatron-core has none.
+    """
+    try:
+        from megatron.core.dist_checkpointing.strategies import filesystem_async
+    except ImportError:
+        return
+    if getattr(filesystem_async, "_results_queue", "absent") is not None:
+        return
+    manager = SyncManager(ctx=get_context("spawn"))
+    manager.start(initializer=_ignore_stop_signals)
+    filesystem_async._results_queue = manager.Queue()

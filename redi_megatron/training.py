@@ -12,7 +12,7 @@ from redi_megatron.config import ConfigError, RunConfig, config_to_dict
 from redi_megatron.engine import build_engine, start_runtime
 from redi_megatron.objectives import PAIR_OBJECTIVES
 from redi_megatron.run_logging import RunLogger
-from redi_megatron.stop_request import StopRequest, signals_deferred
+from redi_megatron.stop_request import StopRequest, shield_checkpoint_writer, signals_deferred
 from redi_megatron.training_step import train_step
 
 
@@ -110,6 +110,8 @@ def train(config: RunConfig) -> List[dict]:
     logger = RunLogger(config, arch, accelerators, torch.distributed.get_world_size(),
                        resumed_step=step)
     stop = StopRequest()
+    if config.checkpoint.save:
+        shield_checkpoint_writer()
     history, skipped_in_a_row = [], 0
     save_every = config.checkpoint.save_interval
     try:

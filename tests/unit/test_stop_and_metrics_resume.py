@@ -7,7 +7,7 @@ import signal
 import torch
 
 from redi_megatron.run_logging import truncate_metrics
-from redi_megatron.stop_request import StopRequest, signals_deferred
+from redi_megatron.stop_request import StopRequest, shield_checkpoint_writer, signals_deferred
 
 
 def test_metrics_after_the_resumed_step_are_dropped(tmp_path):
@@ -53,3 +53,19 @@ def test_processes_forked_during_a_save_ignore_sigterm():
             os._exit(0 if signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []) else 1)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_checkpoint_writer_queue_survives_sigterm(monkeypatch):
+    # scontrol requeue signals every process of the job, megatron's writer-queue server included.
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    monkeypatch.setattr(filesystem_async, "_results_queue", None)
+    shield_checkpoint_writer()
+    queue = filesystem_async._results_queue
+    server = queue._manager._process
+    os.kill(server.pid, signal.SIGTERM)
+    server.join(timeout=2)  # returns at once if the signal ended it
+    assert server.is_alive()
+    queue.put({"written": 1})
+    assert queue.get(timeout=30) == {"written": 1}
+    queue._manager.shutdown()
