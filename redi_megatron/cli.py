@@ -1,6 +1,8 @@
 """The `redi-megatron` command: `train` from a YAML config, `evaluate` a model on benchmarks, or run the `demo`."""
 
 import argparse
+import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -18,9 +20,22 @@ def _train(args) -> int:
 
         train(config)
     except (ConfigError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        # Every rank finds the same error and exits 2: the first to exit must not get the others
+        # killed by a launcher's SIGTERM (srun --kill-on-bad-exit), which would change the status.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # One message is enough.
+        if _global_rank() == 0:
+            print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _global_rank() -> int:
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
 
 
 def _demo(args) -> int:

@@ -250,7 +250,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
-    config = _build(RunConfig, tree, "")
+    from redi_megatron.config_env import expand_environment
+
+    config = _build(RunConfig, expand_environment(tree), "")
     validate_config(config)
     return config
 

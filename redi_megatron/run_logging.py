@@ -46,10 +46,37 @@ class CollapseDetector:
         return None
 
 
+def truncate_metrics(path: str, last_step: int) -> int:
+    """Returns how many records of metrics.jsonl ``path`` it dropped: those after ``last_step``.
+
+    A run resumed from the checkpoint of ``last_step`` logs the later steps again; without this
+    they would appear twice. A torn last line (a process killed mid-write) is dropped too.
+    """
+    if not os.path.isfile(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if record.get("step", 0) <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            handle.writelines(kept)
+        os.replace(path + ".tmp", path)
+    return dropped
+
+
 class RunLogger:
     """Writes one record per step on global rank 0; other ranks stay quiet."""
 
-    def __init__(self, config, arch, accelerators, world_size: int):
+    def __init__(self, config, arch, accelerators, world_size: int, resumed_step: int = 0):
         self.interval = config.train.log_interval
         self.is_writer = torch.distributed.get_rank() == 0
         self.arch = arch
@@ -61,9 +88,15 @@ class RunLogger:
             os.makedirs(config.train.log_dir, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(config.train.log_dir)
-            self.jsonl = open(os.path.join(config.train.log_dir, "metrics.jsonl"), "a",
-                              encoding="utf-8")
+            # purge_step hides events of steps after the checkpoint that an earlier run logged.
+            self.tensorboard = SummaryWriter(config.train.log_dir,
+                                             purge_step=resumed_step + 1 if resumed_step else None)
+            path = os.path.join(config.train.log_dir, "metrics.jsonl")
+            dropped = truncate_metrics(path, resumed_step)
+            if dropped:
+                print(f"resumed at step {resumed_step}: dropped {dropped} later record(s) of {path}",
+                      flush=True)
+            self.jsonl = open(path, "a", encoding="utf-8")
 
     def log(self, step: int, total_steps: int, metrics: dict, seconds: float) -> None:
         """Records the step's metrics (loss, log-probs, grad norm, LR, tokens/s, MFU on GPU).

@@ -1,6 +1,5 @@
-"""The training run: data, engine, resume, steps, checkpoints and a save on SIGTERM."""
+"""The training run: data, engine, resume, steps, checkpoints and a save on a stop request."""
 
-import signal
 import time
 from typing import List
 
@@ -13,25 +12,8 @@ from redi_megatron.config import ConfigError, RunConfig, config_to_dict
 from redi_megatron.engine import build_engine, start_runtime
 from redi_megatron.objectives import PAIR_OBJECTIVES
 from redi_megatron.run_logging import RunLogger
+from redi_megatron.stop_request import StopRequest, shield_checkpoint_writer, signals_deferred
 from redi_megatron.training_step import train_step
-
-
-class StopRequest:
-    """Remembers a SIGTERM/SIGINT so the run can save after the current step."""
-
-    def __init__(self):
-        self.requested = False
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def requested_anywhere(self, device) -> bool:
-        """Returns True on every rank when any rank received the signal."""
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
 
 
 def build_loader(config: RunConfig, arch):
@@ -40,6 +22,15 @@ def build_loader(config: RunConfig, arch):
 
     if not config.data.path:
         raise ConfigError("data.path is empty: set it to a shard prefix from tools/preprocess_data.py")
+    data, parallel = config.data, config.parallel
+    dp_size = parallel_state.get_data_parallel_world_size()
+    if data.global_batch_size % (data.micro_batch_size * dp_size):
+        raise ConfigError(
+            f"data.global_batch_size={data.global_batch_size} is not divisible by "
+            f"data.micro_batch_size={data.micro_batch_size} x {dp_size} data-parallel ranks "
+            f"({torch.distributed.get_world_size()} processes / (parallel.tensor={parallel.tensor} "
+            f"x parallel.pipeline={parallel.pipeline} x parallel.context={parallel.context})): "
+            "change the batch sizes or the number of processes")
     loader = MicroBatchLoader(
         config.data.path,
         seq_length=config.data.seq_length,
@@ -94,10 +85,12 @@ def _resume(config: RunConfig, engine, loader) -> int:
 
 
 def _save(config: RunConfig, engine, loader, step: int) -> None:
-    save_checkpoint(config.checkpoint.save, step, engine.chunks, engine.optimizer,
-                    engine.scheduler,
-                    {"loader": loader.state_dict(), "config": config_to_dict(config)},
-                    config.checkpoint.optimizer_format)
+    # A signal during the save is remembered, not acted on: the save always completes.
+    with signals_deferred():
+        save_checkpoint(config.checkpoint.save, step, engine.chunks, engine.optimizer,
+                        engine.scheduler,
+                        {"loader": loader.state_dict(), "config": config_to_dict(config)},
+                        config.checkpoint.optimizer_format)
     if torch.distributed.get_rank() == 0:
         print(f"saved checkpoint {config.checkpoint.save} at step {step}", flush=True)
 
@@ -107,11 +100,20 @@ def train(config: RunConfig) -> List[dict]:
     arch, accelerators = start_runtime(config)
     loader = build_loader(config, arch)
     total_steps = _total_steps(config, len(loader.dataset))
+    last_step = min(total_steps, config.train.max_steps) if config.train.max_steps else total_steps
+    saved = latest_iteration(config.checkpoint.save) if config.checkpoint.save else None
+    if saved is not None and saved >= last_step:
+        if torch.distributed.get_rank() == 0:
+            print(f"the run is already complete at step {saved} (checkpoint.save="
+                  f"{config.checkpoint.save}); nothing to train", flush=True)
+        return []
     engine = build_engine(config, total_steps, (arch, accelerators))
     step = _resume(config, engine, loader)
-    last_step = min(total_steps, config.train.max_steps) if config.train.max_steps else total_steps
-    logger = RunLogger(config, arch, accelerators, torch.distributed.get_world_size())
+    logger = RunLogger(config, arch, accelerators, torch.distributed.get_world_size(),
+                       resumed_step=step)
     stop = StopRequest()
+    if config.checkpoint.save:
+        shield_checkpoint_writer()
     history, skipped_in_a_row = [], 0
     save_every = config.checkpoint.save_interval
     try:
@@ -129,7 +131,11 @@ def train(config: RunConfig) -> List[dict]:
             if config.checkpoint.save and (
                     stopping or step == last_step or (save_every and step % save_every == 0)):
                 _save(config, engine, loader, step)
+                # A request that arrived during this save needs no second one.
+                stopping = stopping or stop.requested_anywhere(engine.device)
             if stopping:
+                if config.checkpoint.save and step < last_step:
+                    stop.acknowledge(step)
                 break
     finally:
         logger.close()

@@ -1,122 +1,196 @@
-"""The Slurm entry point end to end under a simulated Slurm: 1 node, 2 CPU ranks (torchrun, gloo).
+"""`sbatch slurm/redi_7b.sh` on a real one-node Slurm cluster (slurmctld + slurmd on localhost).
 
-A run stopped by SIGTERM (as `sbatch --signal=B:TERM@...` delivers it to the batch shell) saves,
-asks to be requeued, and the rerun resumes to the same final loss as an uninterrupted run.
+Each job runs a tiny REDI config as 2 CPU processes (sbatch --ntasks-per-node=2, gloo), submitted
+from outside the repository. The uninterrupted job is the reference: a job stopped by its
+time-limit signal, and one requeued with `scontrol requeue`, must save, requeue, resume and log
+the same per-step losses, each step exactly once and none trained twice.
 """
 
 import json
-import os
+import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from harness import TINY_MODEL, free_port
+from harness import TINY_MODEL
 from shard_fixtures import write_random_shards
+from slurm_cluster import (FINISHED, ROOT, cluster_logs, job_fields, start_cluster, submit,
+                           wait_for)
 
-ROOT = Path(__file__).resolve().parents[2]
-MAX_STEPS = 30
-
-FAKE_SRUN = """#!/usr/bin/env bash
-# One node: skip srun's options and run the task as node 0.
-while [[ $# -gt 0 && $1 == -* ]]; do shift; done
-export SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0
-exec "$@"
-"""
-FAKE_SCONTROL = """#!/usr/bin/env bash
-case "$1 $2" in
-  "show hostnames") echo localhost ;;
-  *) echo "$*" >> "$FAKE_SLURM_LOG" ;;
-esac
-"""
+STEPS = 20
+JOB_TIMEOUT = 240
 
 
-def _fake_slurm(tmp_path: Path) -> dict:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    return {
-        "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[001]", "SLURM_JOB_NUM_NODES": "1",
-        "SLURM_SUBMIT_DIR": str(ROOT), "FAKE_SLURM_LOG": str(tmp_path / "scontrol.log"),
-        "PYTHON": sys.executable, "GPUS_PER_NODE": "2", "OMP_NUM_THREADS": "1",
-    }
+@pytest.fixture(scope="module")
+def slurm():
+    yield from start_cluster()
 
 
-def _job_env(tmp_path: Path, slurm: dict, name: str, data: str) -> dict:
-    overrides = TINY_MODEL + [
-        "data.seq_length=32", "data.micro_batch_size=2", "data.global_batch_size=4",
-        "train.precision=fp32", "optim.lr=1e-3", "train.epochs=1", f"train.max_steps={MAX_STEPS}",
-        f"train.log_dir={tmp_path / name / 'logs'}", "checkpoint.save_interval=10",
-    ]
-    return dict(os.environ, **slurm, CONFIG=str(tmp_path / "tiny.yaml"), SAVE_DIR=str(tmp_path / name / "ckpt"),
-                DATA_PATH=data, EXTRA_ARGS=" ".join(overrides), LOG_DIR=str(tmp_path / name / "ranklogs"),
-                MASTER_PORT=str(free_port()))
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Returns a directory outside the repository with the shards and the tiny config."""
+    path = tmp_path_factory.mktemp("slurm_jobs")
+    write_random_shards(path / "pairs", "pairs", count=4 * STEPS)
+    (path / "tiny.yaml").write_text("loss:\n  objective: redi\n  alpha: 0.8\n")
+    return path
 
 
-def _metrics(tmp_path: Path, name: str) -> list[dict]:
-    path = tmp_path / name / "logs" / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+class Job:
+    """One submitted run: its files under ``workdir/name`` and its Slurm job id."""
+
+    def __init__(self, slurm_env: dict, workdir: Path, name: str, steps: int = STEPS,
+                 extra: tuple = ()):
+        self.env, self.dir = slurm_env, workdir / name
+        overrides = TINY_MODEL + [
+            "data.seq_length=32", "data.micro_batch_size=2", "data.global_batch_size=4",
+            "train.precision=fp32", "optim.lr=1e-3", "train.epochs=1", f"train.max_steps={steps}",
+            f"train.log_dir={self.dir / 'logs'}", "checkpoint.save_interval=5", *extra,
+        ]
+        self.job_env = dict(slurm_env, CONFIG=str(workdir / "tiny.yaml"), SAVE_DIR=str(self.dir / "ckpt"),
+                            DATA_PATH=str(workdir / "pairs"), EXTRA_ARGS=" ".join(overrides),
+                            LOG_DIR=str(self.dir / "job"), PYTHON=shutil.which("python"))
+        self.job_env.pop("MASTER_PORT", None)
+        self.job_env.pop("GPUS_PER_NODE", None)
+        self.output = self.dir / "slurm.out"
+        self.id = None
+
+    def submit(self) -> "Job":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.id = submit(self.job_env, "redi_7b.sh", "--ntasks-per-node=2", "--time=10",
+                         f"--output={self.output}", cwd=self.dir)
+        return self
+
+    def fields(self) -> dict:
+        return job_fields(self.env, self.id)
+
+    def text(self) -> str:
+        return self.output.read_text() if self.output.exists() else ""
+
+    def diagnose(self) -> str:
+        return f"--- job {self.id} output\n{self.text()}\n--- scontrol\n{self.fields()}\n{cluster_logs()}"
+
+    def metrics(self) -> list:
+        path = self.dir / "logs" / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def wait_for_step(self, step: int) -> None:
+        wait_for(lambda: len(self.metrics()) >= step, JOB_TIMEOUT, f"job {self.id} at step {step}",
+                 self.diagnose)
+
+    def wait_finished(self) -> dict:
+        """Returns the job's final scontrol fields (a requeued job must run again first)."""
+        return wait_for(lambda: (lambda f: f if f.get("JobState") in FINISHED else None)(self.fields()),
+                        JOB_TIMEOUT, f"job {self.id} to finish", self.diagnose)
+
+    def assert_completed(self, restarts: int) -> None:
+        fields = self.wait_finished()
+        assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == \
+            ("COMPLETED", "0:0", str(restarts)), self.diagnose()
+
+    def printed_steps(self) -> list:
+        """Returns the step numbers of the trainer's per-step lines, in the order printed."""
+        return [int(m) for m in re.findall(r"^step (\d+)/", self.text(), re.MULTILINE)]
 
 
-def _run_job(env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / "slurm" / "redi_7b.sh")], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="module")
+def reference(slurm, workdir):
+    """The uninterrupted job, run to completion."""
+    job = Job(slurm, workdir, "reference").submit()
+    job.assert_completed(restarts=0)
+    return job
 
 
-@pytest.mark.timeout(300)
-def test_slurm_job_resumes_after_sigterm(tmp_path):
-    data = write_random_shards(tmp_path / "pairs", "pairs", count=4 * MAX_STEPS)
-    (tmp_path / "tiny.yaml").write_text("loss:\n  objective: redi\n  alpha: 0.8\n")
-    slurm = _fake_slurm(tmp_path)
+def _assert_same_run(job: Job, reference: Job, steps: int = STEPS) -> None:
+    metrics = job.metrics()
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1)), job.diagnose()
+    assert job.printed_steps() == list(range(1, steps + 1)), "a step was trained twice\n" + job.diagnose()
+    expected = [m["loss"] for m in reference.metrics()]
+    assert [m["loss"] for m in metrics] == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert (job.dir / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == str(steps)
 
-    full = _run_job(_job_env(tmp_path, slurm, "full", data))
-    assert full.returncode == 0, full.stdout + full.stderr
-    assert [m["step"] for m in _metrics(tmp_path, "full")] == list(range(1, MAX_STEPS + 1))
-    assert list((tmp_path / "full" / "ranklogs" / "node0").rglob("stdout.log")), "per-rank logs missing"
 
-    env = _job_env(tmp_path, slurm, "stopped", data)
-    job = subprocess.Popen(["bash", str(ROOT / "slurm" / "redi_7b.sh")], env=env, cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while len(_metrics(tmp_path, "stopped")) < 3:
-            assert job.poll() is None, job.stdout.read()
-            assert time.monotonic() < deadline, "training never reached step 3"
-            time.sleep(0.05)
-        job.send_signal(signal.SIGTERM)  # what `--signal=B:TERM@300` sends the batch shell
-        output, _ = job.communicate(timeout=120)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    assert job.returncode == 0, output
-    assert "saved checkpoint" in output
-    stopped_at = _metrics(tmp_path, "stopped")[-1]["step"]
-    assert stopped_at < MAX_STEPS, "SIGTERM arrived after the run had finished"
-    assert (tmp_path / "stopped" / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() \
-        == str(stopped_at)
-    assert "requeue 4242" in (tmp_path / "scontrol.log").read_text()
+def _stopped_at(job: Job) -> int:
+    found = re.findall(r"the trainer saved (\d+) before the job ended", job.text())
+    assert len(found) == 1, job.diagnose()
+    return int(found[0])
 
-    resumed = _run_job(env)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "resuming from" in resumed.stdout
-    steps = [m["step"] for m in _metrics(tmp_path, "stopped")]
-    assert steps == list(range(1, MAX_STEPS + 1))
-    assert _metrics(tmp_path, "stopped")[-1]["loss"] == pytest.approx(_metrics(tmp_path, "full")[-1]["loss"],
-                                                                      rel=1e-6)
+
+@pytest.mark.timeout(900)
+def test_uninterrupted_job_and_finished_rerun(slurm, workdir, reference):
+    assert [m["step"] for m in reference.metrics()] == list(range(1, STEPS + 1)), reference.diagnose()
+    assert reference.printed_steps() == list(range(1, STEPS + 1))
+    assert "2 process(es)" in reference.text()
+    rerun = Job(slurm, workdir, "reference").submit()
+    rerun.assert_completed(restarts=0)
+    assert f"the run is already complete at step {STEPS}" in rerun.text(), rerun.diagnose()
+    assert len(reference.metrics()) == STEPS
+
+
+@pytest.mark.timeout(900)
+def test_time_limit_signal_saves_requeues_and_resumes(slurm, workdir, reference):
+    job = Job(slurm, workdir, "time_limit").submit()
+    job.wait_for_step(3)
+    # What `#SBATCH --signal=B:TERM@300` delivers before the time limit.
+    subprocess.run(["scancel", "--signal=TERM", "--batch", str(job.id)], env=slurm, check=True, timeout=60)
+    job.assert_completed(restarts=1)
+    stopped = _stopped_at(job)
+    assert 3 <= stopped < STEPS, job.diagnose()
+    assert f"resuming from {job.dir / 'ckpt'} (iteration {stopped})" in job.text()
+    _assert_same_run(job, reference)
+
+
+@pytest.mark.timeout(900)
+def test_scontrol_requeue_saves_and_resumes(slurm, workdir, reference):
+    job = Job(slurm, workdir, "requeued").submit()
+    job.wait_for_step(3)
+    # Every process of the job gets SIGTERM, srun and the batch shell included.
+    subprocess.run(["scontrol", "requeue", str(job.id)], env=slurm, check=True, timeout=60)
+    job.assert_completed(restarts=1)
+    stopped = _stopped_at(job)
+    assert f"resuming from {job.dir / 'ckpt'} (iteration {stopped})" in job.text()
+    assert "not requeueing here" in job.text()  # Slurm requeues it, not the batch script
+    _assert_same_run(job, reference)
+
+
+@pytest.mark.timeout(900)
+def test_scancel_saves_and_stays_cancelled(slurm, workdir):
+    job = Job(slurm, workdir, "cancelled").submit()
+    job.wait_for_step(3)
+    subprocess.run(["scancel", str(job.id)], env=slurm, check=True, timeout=60)
+    fields = job.wait_finished()
+    assert (fields["JobState"], fields["Restarts"]) == ("CANCELLED", "0"), job.diagnose()
+    stopped = _stopped_at(job)
+    assert "not requeueing here" in job.text()
+    assert (job.dir / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == str(stopped)
+    assert [m["step"] for m in job.metrics()] == list(range(1, stopped + 1))
+
+
+@pytest.mark.timeout(900)
+def test_two_jobs_share_a_node(slurm, workdir):
+    jobs = [Job(slurm, workdir, f"shared{i}", steps=8).submit() for i in range(2)]
+    wait_for(lambda: all(j.fields().get("JobState") == "RUNNING" for j in jobs), JOB_TIMEOUT,
+             "both jobs running at once", jobs[0].diagnose)
+    for job in jobs:
+        job.assert_completed(restarts=0)
+        assert [m["step"] for m in job.metrics()] == list(range(1, 9)), job.diagnose()
+    ports = {re.search(r"master \S+:(\d+)", job.text()).group(1) for job in jobs}
+    assert len(ports) == 2
+
+
+@pytest.mark.timeout(900)
+def test_batch_that_does_not_fit_fails_once_with_the_keys(slurm, workdir):
+    job = Job(slurm, workdir, "misfit", extra=("data.global_batch_size=6",)).submit()
+    fields = job.wait_finished()
+    assert (fields["JobState"], fields["ExitCode"]) == ("FAILED", "2:0"), job.diagnose()
+    text = job.text()
+    assert text.count("error: data.global_batch_size=6 is not divisible by data.micro_batch_size=2") == 1, text
+    assert "Traceback" not in text
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (CI installs it)")
 def test_slurm_scripts_are_shellcheck_clean():
-    scripts = sorted(str(path) for path in (ROOT / "slurm").glob("*.sh"))
-    assert scripts
+    scripts = sorted(str(path) for path in (ROOT / "slurm").glob("*.sh")) + [str(ROOT / ".ci" / "start_slurm.sh")]
     result = subprocess.run(["shellcheck", *scripts], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

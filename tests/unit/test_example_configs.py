@@ -18,7 +18,9 @@ def test_examples_exist():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_example_config_validates(path):
+def test_example_config_validates(path, monkeypatch):
+    for name in ("MODEL_DIR", "DATA_PATH", "RUN_ROOT"):  # the 7B configs' ${...} knobs
+        monkeypatch.setenv(name, f"/{name.lower()}")
     config = load_config(path)
     assert config.checkpoint.save_interval == 200
     assert config.optim.clip_grad == 1.0
