@@ -89,26 +89,20 @@ def _report(results: dict) -> str:
     import loss_head_scaling
 
     lines = [f"environment: {json.dumps(results['environment'])}", ""]
-    correctness = results["parts"].get("correctness")
-    if correctness:
-        lines.append("## correctness")
-        if "error" in correctness:
-            lines.append(f"ERROR {correctness['error']}\n{correctness.get('log_tail', '')}")
-        else:
-            lines.append(common.table(
-                [[r["check"], r["value"], r["tolerance"], "ok" if r["passed"] else "FAIL"]
-                 for r in correctness["rows"]], ["check", "measured", "tolerance", "result"]))
-        lines.append("")
-    head = results["parts"].get("loss_head")
-    if head:
-        lines.append("## loss head (forward + backward)")
-        if "error" in head:
-            lines.append(f"ERROR {head['error']}\n{head.get('log_tail', '')}")
-        else:
-            lines.append(common.table(loss_head_scaling.render(head), [
-                "case", "path", "peak extra memory", "time", "memory vs megatron",
-                "time vs megatron"]))
-        lines.append("")
+    sections = (
+        ("correctness", "## correctness", lambda part: common.table(
+            [[r["check"], r["value"], r["tolerance"], "ok" if r["passed"] else "FAIL"]
+             for r in part["rows"]], ["check", "measured", "tolerance", "result"])),
+        ("loss_head", "## loss head (forward + backward)", lambda part: common.table(
+            loss_head_scaling.render(part), ["case", "path", "peak extra memory", "time",
+                                             "memory vs megatron", "time vs megatron"])),
+    )
+    for name, title, render in sections:
+        part = results["parts"].get(name)
+        if part:
+            failed = "error" in part
+            body = f"ERROR {part['error']}\n{part.get('log_tail', '')}" if failed else render(part)
+            lines += [title, body, ""]
     stage2 = [dict(v, variant=k.split(":")[1]) for k, v in results["parts"].items()
               if k.startswith("stage2:")]
     if stage2:
