@@ -102,7 +102,8 @@ def build_optimizer(config: RunConfig, chunks, tconfig: TransformerConfig, total
 def start_runtime(config: RunConfig) -> Tuple[QwenArchitecture, Accelerators]:
     """Returns (architecture, accelerators) after starting process groups and parallel state."""
     arch = architecture_from_model_config(config.model)
-    return arch, runtime.start(config.parallel, arch, config.train.seed)
+    return arch, runtime.start(config.parallel, arch, config.train.seed,
+                               attention=config.model.attention)
 
 
 def build_engine(config: RunConfig, total_steps: int,

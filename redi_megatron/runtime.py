@@ -27,9 +27,16 @@ class Accelerators:
         return "nccl" if self.cuda else "gloo"
 
 
-def describe(accelerators: Accelerators) -> str:
-    """Returns one line naming the device, backend and layer implementation in use."""
-    layers = "Transformer Engine layers" if accelerators.transformer_engine else "local layer spec"
+_LAYERS = {"te": "Transformer Engine layers", "sdpa": "local layer spec with SDPA attention",
+           "local": "local layer spec with Megatron's attention"}
+
+
+def describe(accelerators: Accelerators, attention: str) -> str:
+    """Returns one line naming the device, backend and layer implementation in use.
+
+    ``attention`` is the resolved ``model.attention`` (te, sdpa or local).
+    """
+    layers = _LAYERS[attention]
     norms = ", apex" if accelerators.apex else ""
     device = "CUDA" if accelerators.cuda else "CPU (megatron-core CUDA shims active)"
     return f"{device}, {accelerators.backend}, {layers}{norms}"
@@ -132,13 +139,16 @@ def init_parallel_state(parallel: ParallelConfig, seed: int) -> None:
 
 
 def start(parallel: ParallelConfig, arch: QwenArchitecture, seed: int,
-          accelerators: Optional[Accelerators] = None) -> Accelerators:
+          accelerators: Optional[Accelerators] = None, attention: str = "auto") -> Accelerators:
     """Returns the accelerators after initialising torch.distributed and Megatron's parallel state."""
+    from redi_megatron.qwen.attention import resolve_attention  # imports megatron (slow)
+
     accelerators = accelerators or detect_accelerators()
+    resolved = resolve_attention(attention, accelerators)
     init_distributed(accelerators)
     validate_layout(arch, parallel, torch.distributed.get_world_size())
     init_parallel_state(parallel, seed)
     if torch.distributed.get_rank() == 0:
-        print(f"redi_megatron: {describe(accelerators)}; world size "
+        print(f"redi_megatron: {describe(accelerators, resolved)}; world size "
               f"{torch.distributed.get_world_size()}", flush=True)
     return accelerators
