@@ -28,8 +28,10 @@ def test_auto_is_transformer_engine_when_usable_else_sdpa():
                                                 ("local", "DotProductAttention")])
 def test_local_layer_spec_core_attention(attention, expected):
     from redi_megatron.qwen.architecture import architecture_from_model_config
+    from redi_megatron.qwen.megatron_checkpoint_io import start_single_process
     from redi_megatron.qwen.model import layer_spec, transformer_config
 
+    start_single_process()  # the spec asks Megatron's pipeline state how many layers to build
     model = ModelConfig(attention=attention)
     config = transformer_config(architecture_from_model_config(model), ParallelConfig(), model, CPU)
     assert config.transformer_impl == "local"
